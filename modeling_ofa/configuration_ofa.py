@@ -1,0 +1,277 @@
+"""Configuration of OFA, and the published model sizes as a data table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+__all__ = ["OFAConfig", "PRESETS", "RESNET_LAYERS"]
+
+# Blocks per stage of the three-stage ResNet stem. Every variant uses Bottleneck blocks, so resnet34 and resnet50
+# are the same network here (as in the original code).
+RESNET_LAYERS: dict[str, tuple[int, int, int]] = {
+    "resnet18": (2, 2, 2),
+    "resnet34": (3, 4, 6),
+    "resnet50": (3, 4, 6),
+    "resnet101": (3, 4, 23),
+    "resnet152": (3, 8, 36),
+}
+
+# The published OFA sizes (OFA-Sys `models/ofa/ofa.py`), as `OFAConfig` arguments. Parameter counts: 33M, 93M,
+# 180M, 470M and 930M. Fields not named here take the `OFAConfig` defaults, which are the shared OFA settings.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        d_model=256,
+        encoder_ffn_dim=1024,
+        decoder_ffn_dim=1024,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_layers=4,
+        decoder_layers=4,
+        resnet_type="resnet50",
+    ),
+    "medium": dict(
+        d_model=512,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_layers=4,
+        decoder_layers=4,
+        resnet_type="resnet101",
+    ),
+    "base": dict(
+        d_model=768,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+        encoder_attention_heads=12,
+        decoder_attention_heads=12,
+        encoder_layers=6,
+        decoder_layers=6,
+        resnet_type="resnet101",
+    ),
+    "large": dict(
+        d_model=1024,
+        encoder_ffn_dim=4096,
+        decoder_ffn_dim=4096,
+        encoder_attention_heads=16,
+        decoder_attention_heads=16,
+        encoder_layers=12,
+        decoder_layers=12,
+        resnet_type="resnet152",
+    ),
+    "huge": dict(
+        d_model=1280,
+        encoder_ffn_dim=5120,
+        decoder_ffn_dim=5120,
+        encoder_attention_heads=16,
+        decoder_attention_heads=16,
+        encoder_layers=24,
+        decoder_layers=12,
+        resnet_type="resnet152",
+    ),
+}
+
+
+class OFAConfig(PretrainedConfig):
+    r"""
+    Configuration of an OFA encoder-decoder (`OFAModel`, `OFAForConditionalGeneration`).
+
+    The defaults are the shared settings of the published checkpoints with OFA-medium dimensions. Use
+    `OFAConfig.from_preset("base")` for a published size.
+
+    Args:
+        vocab_size (`int`, defaults to 59457):
+            Size of the unified vocabulary: fairseq specials, BPE, `<mask>`, `<code_0..8191>`, `<bin_0..999>`.
+        d_model (`int`, defaults to 512):
+            Width of every layer.
+        encoder_layers (`int`, defaults to 4):
+            Number of encoder layers.
+        decoder_layers (`int`, defaults to 4):
+            Number of decoder layers.
+        encoder_attention_heads (`int`, defaults to 8):
+            Attention heads per encoder layer.
+        decoder_attention_heads (`int`, defaults to 8):
+            Attention heads per decoder layer.
+        encoder_ffn_dim (`int`, defaults to 2048):
+            Inner width of the encoder feed-forward blocks.
+        decoder_ffn_dim (`int`, defaults to 2048):
+            Inner width of the decoder feed-forward blocks.
+        max_position_embeddings (`int`, defaults to 1024):
+            Longest text (encoder) or target (decoder) sequence. The absolute position tables have this + 2 rows.
+        activation_function (`str`, defaults to `"gelu"`):
+            Feed-forward activation, a key of `transformers.activations.ACT2FN`.
+        dropout (`float`, defaults to 0.1):
+            Dropout on embeddings and on the output of every sub-block.
+        attention_dropout (`float`, defaults to 0.0):
+            Dropout on attention probabilities.
+        activation_dropout (`float`, defaults to 0.0):
+            Dropout after the feed-forward activation.
+        encoder_drop_path_rate (`float`, defaults to 0.0):
+            Stochastic depth of the encoder; layer i drops with rate `linspace(0, rate, layers)[i]`.
+        decoder_drop_path_rate (`float`, defaults to 0.0):
+            Stochastic depth of the decoder, as above.
+        init_std (`float`, defaults to 0.02):
+            Standard deviation of the normal initialization of linear and embedding weights.
+        scale_embedding (`bool`, defaults to `False`):
+            Multiply token embeddings by `sqrt(d_model)`. OFA checkpoints do not.
+        normalize_before (`bool`, defaults to `True`):
+            Pre-LayerNorm layers (OFA) rather than post-LayerNorm (original Transformer).
+        normformer (`bool`, defaults to `True`):
+            NormFormer extras: a LayerNorm after each attention and one inside each feed-forward block, and a
+            learned per-head output scale (`c_attn`).
+        layernorm_embedding (`bool`, defaults to `True`):
+            LayerNorm on text embeddings (encoder and decoder).
+        patch_layernorm_embedding (`bool`, defaults to `True`):
+            LayerNorm on image-patch embeddings.
+        code_layernorm_embedding (`bool`, defaults to `True`):
+            LayerNorm on decoder embeddings of samples that generate image codes.
+        add_type_embedding (`bool`, defaults to `True`):
+            Add a learned type vector (0 = text, 1 = image) to encoder inputs.
+        attn_scale_factor (`float`, defaults to 2.0):
+            Attention logits (content and positional) are scaled by `(head_dim * attn_scale_factor) ** -0.5`.
+        token_bucket_size (`int`, defaults to 256):
+            Text relative positions are bucketed into `2 * token_bucket_size - 1` log-spaced buckets.
+        image_bucket_size (`int`, defaults to 42):
+            Largest patch grid side. The 2-D image position table has `image_bucket_size**2 + 1` rows.
+        entangle_position_embedding (`bool`, defaults to `False`):
+            Also add absolute position embeddings to the input embeddings. Released checkpoints have it off;
+            positions then enter only as attention biases.
+        resnet_type (`str`, defaults to `"resnet101"`):
+            Depth of the three-stage image stem, a key of `RESNET_LAYERS`.
+        resnet_drop_path_rate (`float`, defaults to 0.0):
+            Stochastic depth inside the ResNet stem.
+        code_image_size (`int`, defaults to 128):
+            Side in pixels of images generated as VQ codes; the decoder code grid is `code_image_size // 8` wide.
+        sample_patch_num (`int`, *optional*):
+            During training, keep a random subset of this many image patches (OFA pretraining uses 196).
+        label_smoothing (`float`, defaults to 0.0):
+            Label smoothing of the training loss (OFA fine-tunes with 0.1).
+        pad_token_id (`int`, defaults to 1):
+            Padding id (fairseq dictionary order: `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3).
+        bos_token_id (`int`, defaults to 0):
+            Begin-of-sequence id; every source starts with it.
+        eos_token_id (`int`, defaults to 2):
+            End-of-sequence id; every source and target ends with it.
+        decoder_start_token_id (`int`, defaults to 0):
+            First decoder input. OFA starts decoding from bos, not from eos as BART does.
+        forced_eos_token_id (`int`, *optional*):
+            Id forced as the last token when generation reaches `max_length`; unset, as in OFA.
+        is_encoder_decoder (`bool`, defaults to `True`):
+            OFA is an encoder-decoder; kept for transformers' generation utilities.
+        use_cache (`bool`, defaults to `True`):
+            Return and reuse decoder key/value caches during generation.
+        tie_word_embeddings (`bool`, defaults to `True`):
+            Tie the output projection to the shared token embedding, as every OFA checkpoint does.
+    """
+
+    model_type = "ofa"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 59457,
+        d_model: int = 512,
+        encoder_layers: int = 4,
+        decoder_layers: int = 4,
+        encoder_attention_heads: int = 8,
+        decoder_attention_heads: int = 8,
+        encoder_ffn_dim: int = 2048,
+        decoder_ffn_dim: int = 2048,
+        max_position_embeddings: int = 1024,
+        activation_function: str = "gelu",
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        encoder_drop_path_rate: float = 0.0,
+        decoder_drop_path_rate: float = 0.0,
+        init_std: float = 0.02,
+        scale_embedding: bool = False,
+        normalize_before: bool = True,
+        normformer: bool = True,
+        layernorm_embedding: bool = True,
+        patch_layernorm_embedding: bool = True,
+        code_layernorm_embedding: bool = True,
+        add_type_embedding: bool = True,
+        attn_scale_factor: float = 2.0,
+        token_bucket_size: int = 256,
+        image_bucket_size: int = 42,
+        entangle_position_embedding: bool = False,
+        resnet_type: str = "resnet101",
+        resnet_drop_path_rate: float = 0.0,
+        code_image_size: int = 128,
+        sample_patch_num: int | None = None,
+        label_smoothing: float = 0.0,
+        pad_token_id: int = 1,
+        bos_token_id: int = 0,
+        eos_token_id: int = 2,
+        decoder_start_token_id: int = 0,
+        forced_eos_token_id: int | None = None,
+        is_encoder_decoder: bool = True,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if resnet_type not in RESNET_LAYERS:
+            raise ValueError(f"resnet_type={resnet_type!r} is not one of {sorted(RESNET_LAYERS)}")
+        for name, heads in (("encoder", encoder_attention_heads), ("decoder", decoder_attention_heads)):
+            if d_model % heads:
+                raise ValueError(f"d_model={d_model} is not divisible by {name}_attention_heads={heads}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1)")
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.encoder_attention_heads = encoder_attention_heads
+        self.decoder_attention_heads = decoder_attention_heads
+        self.encoder_ffn_dim = encoder_ffn_dim
+        self.decoder_ffn_dim = decoder_ffn_dim
+        self.max_position_embeddings = max_position_embeddings
+        self.activation_function = activation_function
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.encoder_drop_path_rate = encoder_drop_path_rate
+        self.decoder_drop_path_rate = decoder_drop_path_rate
+        self.init_std = init_std
+        self.scale_embedding = scale_embedding
+        self.normalize_before = normalize_before
+        self.normformer = normformer
+        self.layernorm_embedding = layernorm_embedding
+        self.patch_layernorm_embedding = patch_layernorm_embedding
+        self.code_layernorm_embedding = code_layernorm_embedding
+        self.add_type_embedding = add_type_embedding
+        self.attn_scale_factor = attn_scale_factor
+        self.token_bucket_size = token_bucket_size
+        self.image_bucket_size = image_bucket_size
+        self.entangle_position_embedding = entangle_position_embedding
+        self.resnet_type = resnet_type
+        self.resnet_drop_path_rate = resnet_drop_path_rate
+        self.code_image_size = code_image_size
+        self.sample_patch_num = sample_patch_num
+        self.label_smoothing = label_smoothing
+        self.use_cache = use_cache
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            decoder_start_token_id=decoder_start_token_id,
+            forced_eos_token_id=forced_eos_token_id,
+            is_encoder_decoder=is_encoder_decoder,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> OFAConfig:
+        """Config of a published size (`tiny`, `medium`, `base`, `large`, `huge`), with fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown OFA preset {name!r}; known presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})

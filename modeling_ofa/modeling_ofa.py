@@ -1,0 +1,946 @@
+"""OFA ("One For All"): a unified multimodal encoder-decoder, written as a transformers model.
+
+The architecture follows the original OFA (OFA-Sys, fairseq `models/ofa/`) so that its checkpoints convert with
+logits parity:
+
+* pre-LayerNorm Transformer with NormFormer extras (a LayerNorm after each attention, one inside each feed-forward
+  block, a learned scale per attention head);
+* the encoder input is `[image patches ; text tokens]`: patches come from a three-stage ResNet, tokens from the
+  embedding shared with the decoder and the tied output projection;
+* positions are not added to the inputs; they enter as attention biases: an absolute term (a product of projected
+  position embeddings, computed once per forward) plus a relative term per layer (log-bucketed 1-D buckets for text,
+  2-D offsets for image patches);
+* the decoder can generate image codes (`code_masks`), which switches its positions to the 2-D image grid.
+
+Shapes in comments: B batch, N encoder length (P patches + L tokens), T new decoder positions, S all decoder
+positions (cached + new), H heads, D model width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+
+from .configuration_ofa import RESNET_LAYERS, OFAConfig
+from .resnet import DropPath, OFAResNet, drop_path_rates
+
+__all__ = [
+    "OFAEncoderOutput",
+    "OFAPreTrainedModel",
+    "OFAEncoder",
+    "OFADecoder",
+    "OFAModel",
+    "OFAForConditionalGeneration",
+    "make_token_bucket_positions",
+    "make_image_bucket_positions",
+    "image_grid_position_ids",
+    "shift_tokens_right",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Position buckets (pure functions of the config; rebuilt, never stored in checkpoints)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_token_bucket_positions(bucket_size: int, max_position: int) -> torch.Tensor:
+    """Relative text positions -> table rows, shape (max_position, max_position), values in [0, 2*bucket_size-2].
+
+    Offsets up to `bucket_size // 2` keep their own bucket; longer ones share log-spaced buckets.
+    """
+    pos = torch.arange(max_position)
+    rel = pos[:, None] - pos[None, :]  # query minus key
+    mid = bucket_size // 2
+    abs_rel = torch.where(rel.abs() < mid, torch.full_like(rel, mid - 1), rel.abs())
+    log_pos = torch.ceil(torch.log(abs_rel / mid) / math.log((max_position - 1) / mid) * (mid - 1)) + mid
+    bucket = torch.where(abs_rel <= mid, rel, log_pos.long() * torch.sign(rel))
+    return bucket + bucket_size - 1
+
+
+def make_image_bucket_positions(bucket_size: int) -> torch.Tensor:
+    """Pairs of 2-D patch position ids -> table rows, shape (bucket_size**2 + 1,) * 2.
+
+    Id 0 is reserved (no patch); its row, column and corner get the last three table rows.
+    """
+    num_rows = (2 * bucket_size - 1) ** 2 + 3
+    coords = torch.stack(torch.meshgrid(torch.arange(bucket_size), torch.arange(bucket_size), indexing="ij"))
+    coords = coords.flatten(1)  # (2, G) with G = bucket_size**2
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (bucket_size - 1)  # (G, G, 2), >= 0
+    table = torch.zeros((bucket_size**2 + 1,) * 2, dtype=torch.long)
+    table[1:, 1:] = rel[..., 0] * (2 * bucket_size - 1) + rel[..., 1]
+    table[0, :] = num_rows - 3
+    table[:, 0] = num_rows - 2
+    table[0, 0] = num_rows - 1
+    return table
+
+
+def image_grid_position_ids(height: int, width: int, bucket_size: int, device: torch.device | None = None):
+    """Position id of each patch of an (height, width) grid in row-major order: row * bucket_size + col + 1."""
+    rows = torch.arange(height, device=device)[:, None] * bucket_size
+    cols = torch.arange(width, device=device)[None, :]
+    return (rows + cols + 1).flatten()  # (height * width,)
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: prepend the start token, drop the last label, turn -100 into padding."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def _mask_value(dtype: torch.dtype) -> float:
+    # The most negative finite value: a fully masked row then stays finite instead of turning into NaN.
+    return torch.finfo(dtype).min
+
+
+@dataclass
+class OFAEncoderOutput(BaseModelOutput):
+    """
+    Encoder output, plus what the decoder needs besides the hidden states.
+
+    Args:
+        padding_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`):
+            True at padding (text padding and the patches of samples without an image).
+        position_embeddings (`torch.FloatTensor` of shape `(batch_size, sequence_length, d_model)`):
+            Layer-normalized absolute position embeddings of `[patches ; tokens]`, for the decoder's
+            cross-attention position bias.
+        cross_position_keys (`torch.FloatTensor`, *optional*):
+            The decoder's projection of `position_embeddings`, computed once on the first decoder call and reused
+            by every generation step.
+    """
+
+    padding_mask: torch.BoolTensor | None = None
+    position_embeddings: torch.FloatTensor | None = None
+    cross_position_keys: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OFAAttention(nn.Module):
+    """Multi-head attention with an additive bias (positions + mask) and NormFormer's per-head output scale."""
+
+    def __init__(self, config: OFAConfig, num_heads: int, layer_idx: int | None = None, is_cross: bool = False):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = config.d_model // num_heads
+        self.scaling = (self.head_dim * config.attn_scale_factor) ** -0.5
+        self.dropout = config.attention_dropout
+        self.layer_idx = layer_idx
+        self.is_cross = is_cross
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+        self.c_attn = nn.Parameter(torch.ones(num_heads)) if config.normformer else None
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, len, D/H)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attn_bias: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`attn_bias` (B, H, T, S) holds the position bias with masked keys already at the dtype minimum."""
+        bsz, tgt_len, _ = hidden_states.shape
+        query = self._heads(self.q_proj(hidden_states))  # (B, H, T, D/H)
+
+        cache = None
+        if past_key_values is not None:
+            if isinstance(past_key_values, EncoderDecoderCache):
+                cache = past_key_values.cross_attention_cache if self.is_cross else past_key_values.self_attention_cache
+            else:
+                cache = past_key_values
+        if self.is_cross and cache is not None and past_key_values.is_updated.get(self.layer_idx, False):
+            # The encoder does not change during generation: reuse its projected keys and values.
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if self.is_cross else hidden_states
+            key, value = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))  # (B, H, S, D/H)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if self.is_cross:
+                    past_key_values.is_updated[self.layer_idx] = True
+
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = torch.matmul(query * self.scaling, key.transpose(-1, -2)) + attn_bias  # (B, H, T, S)
+            weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+            out = torch.matmul(F.dropout(weights, dropout, self.training), value)  # (B, H, T, D/H)
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attn_bias.to(query.dtype), dropout_p=dropout, scale=self.scaling
+            )
+        if self.c_attn is not None:
+            out = out * self.c_attn.view(1, -1, 1, 1).to(out.dtype)
+        out = out.transpose(1, 2).reshape(bsz, tgt_len, -1)  # (B, T, D)
+        return self.out_proj(out), weights
+
+
+class OFAEncoderLayer(GradientCheckpointingLayer):
+    """Self-attention and feed-forward blocks, pre-LN with NormFormer LayerNorms."""
+
+    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0):
+        super().__init__()
+        d = config.d_model
+        self.normalize_before = config.normalize_before
+        self.self_attn = OFAAttention(config, config.encoder_attention_heads, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
+        self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
+        self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
+        self.ffn_layer_norm = nn.LayerNorm(config.encoder_ffn_dim) if config.normformer else None
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.dropout)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation_dropout(self.activation_fn(self.fc1(hidden_states)))
+        if self.ffn_layer_norm is not None:
+            hidden_states = self.ffn_layer_norm(hidden_states)
+        return self.dropout(self.fc2(hidden_states))
+
+    def forward(
+        self, hidden_states: torch.Tensor, attn_bias: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, weights = self.self_attn(hidden_states, attn_bias, output_attentions=output_attentions)
+        if self.self_attn_mid_layer_norm is not None:
+            hidden_states = self.self_attn_mid_layer_norm(hidden_states)
+        hidden_states = residual + self.drop_path(self.dropout(hidden_states))
+        if not self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states))
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states, weights
+
+
+class OFADecoderLayer(OFAEncoderLayer):
+    """Causal self-attention, cross-attention over the encoder, feed-forward; each pre-LN with NormFormer LNs."""
+
+    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0):
+        nn.Module.__init__(self)
+        d = config.d_model
+        self.normalize_before = config.normalize_before
+        self.self_attn = OFAAttention(config, config.decoder_attention_heads, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
+        self.cross_attn = OFAAttention(config, config.decoder_attention_heads, layer_idx, is_cross=True)
+        self.cross_attn_layer_norm = nn.LayerNorm(d)
+        self.cross_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
+        self.fc1 = nn.Linear(d, config.decoder_ffn_dim)
+        self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
+        self.ffn_layer_norm = nn.LayerNorm(config.decoder_ffn_dim) if config.normformer else None
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.dropout)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def _attention_block(self, attn, pre_norm, mid_norm, hidden_states, bias, output_attentions, **kwargs):
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = pre_norm(hidden_states)
+        hidden_states, weights = attn(hidden_states, bias, output_attentions=output_attentions, **kwargs)
+        if mid_norm is not None:
+            hidden_states = mid_norm(hidden_states)
+        hidden_states = residual + self.drop_path(self.dropout(hidden_states))
+        if not self.normalize_before:
+            hidden_states = pre_norm(hidden_states)
+        return hidden_states, weights
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        self_attn_bias: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        cross_attn_bias: torch.Tensor,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        hidden_states, self_weights = self._attention_block(
+            self.self_attn,
+            self.self_attn_layer_norm,
+            self.self_attn_mid_layer_norm,
+            hidden_states,
+            self_attn_bias,
+            output_attentions,
+            past_key_values=past_key_values,
+        )
+        hidden_states, cross_weights = self._attention_block(
+            self.cross_attn,
+            self.cross_attn_layer_norm,
+            self.cross_attn_mid_layer_norm,
+            hidden_states,
+            cross_attn_bias,
+            output_attentions,
+            key_value_states=encoder_hidden_states,
+            past_key_values=past_key_values,
+        )
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states))
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states, self_weights, cross_weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained base
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OFAPreTrainedModel(PreTrainedModel):
+    config_class = OFAConfig
+    config: OFAConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["OFAEncoderLayer", "OFADecoderLayer", "OFAResNet"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _keys_to_ignore_on_load_unexpected = [r"encoder\.version", r"decoder\.version"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, OFAAttention) and module.c_attn is not None:
+            init.ones_(module.c_attn)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (OFAEncoder, OFADecoder)):
+            # Relative position tables start at zero (no bias until learned), as in the original.
+            for table in (*module.token_rel_pos_table_list, *module.image_rel_pos_table_list):
+                init.zeros_(table.weight)
+            # Deterministic index buffers are not saved; rebuild them whenever weights are (re)initialized.
+            for name, value in module.position_buffers().items():
+                init.copy_(getattr(module, name), value)
+
+
+class _PositionTables(nn.Module):
+    """What the encoder and the decoder share: position tables, their LayerNorms and the bucket indices."""
+
+    def _build_position_tables(self, config: OFAConfig, num_layers: int, num_heads: int) -> None:
+        d = config.d_model
+        self.num_heads = num_heads
+        self.pos_scaling = (d / num_heads * config.attn_scale_factor) ** -0.5
+        self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
+        self.embed_image_positions = nn.Embedding(config.image_bucket_size**2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+        num_token_buckets = 2 * config.token_bucket_size - 1
+        num_image_buckets = (2 * config.image_bucket_size - 1) ** 2 + 3
+        self.token_rel_pos_table_list = nn.ModuleList(
+            [nn.Embedding(num_token_buckets, num_heads) for _ in range(num_layers)]
+        )
+        self.image_rel_pos_table_list = nn.ModuleList(
+            [nn.Embedding(num_image_buckets, num_heads) for _ in range(num_layers)]
+        )
+        for name, value in self.position_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def position_buffers(self) -> dict[str, torch.Tensor]:
+        config = self.config
+        return {
+            "token_rp_bucket": make_token_bucket_positions(config.token_bucket_size, config.max_position_embeddings),
+            "image_rp_bucket": make_image_bucket_positions(config.image_bucket_size),
+        }
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.num_heads, -1).transpose(-2, -3)  # (..., H, len, D/H)
+
+    def _check_length(self, length: int, what: str) -> None:
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"{what} has {length} positions, more than max_position_embeddings="
+                f"{self.config.max_position_embeddings}; truncate it or raise the limit"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OFAEncoder(OFAPreTrainedModel, _PositionTables):
+    """Embeds `[image patches ; text tokens]` and runs the encoder layers with position biases."""
+
+    def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding | None = None):
+        super().__init__(config)
+        d = config.d_model
+        self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
+        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, d, config.pad_token_id)
+        self.type_embedding = nn.Embedding(2, d) if config.add_type_embedding else None
+        self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
+        self.embed_images = OFAResNet(RESNET_LAYERS[config.resnet_type], config.resnet_drop_path_rate)
+        self.image_proj = nn.Linear(OFAResNet.out_channels, d)
+        self.patch_layernorm_embedding = nn.LayerNorm(d) if config.patch_layernorm_embedding else None
+        self.dropout = nn.Dropout(config.dropout)
+        self._build_position_tables(config, config.encoder_layers, config.encoder_attention_heads)
+        self.pos_q_linear = nn.Linear(d, d)
+        self.pos_k_linear = nn.Linear(d, d)
+        rates = drop_path_rates(config.encoder_drop_path_rate, config.encoder_layers)
+        self.layers = nn.ModuleList([OFAEncoderLayer(config, i, rates[i]) for i in range(config.encoder_layers)])
+        self.layer_norm = nn.LayerNorm(d) if config.normalize_before else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _type(self, x: torch.Tensor, type_id: int) -> torch.Tensor:
+        if self.type_embedding is None:
+            return x
+        return x + self.type_embedding.weight[type_id]
+
+    def embed_patches(
+        self, pixel_values: torch.Tensor, patch_masks: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image -> (patch embeddings (B, P, D), padding (B, P), grid position ids (B, P), raw positions (B, P, D))."""
+        features = self.embed_images(pixel_values)  # (B, 1024, h, w)
+        bsz, _, h, w = features.shape
+        if max(h, w) > self.config.image_bucket_size:
+            raise ValueError(
+                f"pixel_values of size {tuple(pixel_values.shape[-2:])} give a {h}x{w} patch grid, larger than "
+                f"image_bucket_size={self.config.image_bucket_size}; use images of at most "
+                f"{16 * self.config.image_bucket_size} pixels per side"
+            )
+        features = features.flatten(2).transpose(1, 2)  # (B, P, 1024)
+        position_ids = image_grid_position_ids(h, w, self.config.image_bucket_size, features.device)
+        position_ids = position_ids.expand(bsz, -1)  # (B, P)
+        sample = self.config.sample_patch_num
+        if self.training and sample is not None and sample < h * w:
+            # Pretraining trick: train on a random subset of patches (different per sample).
+            order = torch.rand(bsz, h * w, device=features.device).argsort(dim=1)[:, :sample]  # (B, P')
+            features = features.gather(1, order[..., None].expand(-1, -1, features.shape[-1]))
+            position_ids = position_ids.gather(1, order)
+        padding = torch.zeros(position_ids.shape, dtype=torch.bool, device=features.device)
+        if patch_masks is not None:
+            padding = padding | ~patch_masks.to(torch.bool).view(bsz, 1)  # samples without an image
+        x = self.image_proj(features) * self.embed_scale
+        raw_positions = self.embed_image_positions(position_ids)  # (B, P, D)
+        if self.config.entangle_position_embedding:
+            x = x + raw_positions
+        x = self._type(x, 1)
+        if self.patch_layernorm_embedding is not None:
+            x = self.patch_layernorm_embedding(x)
+        return self.dropout(x), padding, position_ids, raw_positions
+
+    def embed_text(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens -> (token embeddings (B, L, D), raw positions (L, D))."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        length = inputs_embeds.shape[1]
+        self._check_length(length, "the text input")
+        raw_positions = self.embed_positions.weight[:length]  # (L, D)
+        x = inputs_embeds * self.embed_scale
+        if self.config.entangle_position_embedding:
+            x = x + raw_positions
+        x = self._type(x, 0)
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        return self.dropout(x), raw_positions
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        patch_masks: torch.BoolTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OFAEncoderOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+                Text token ids: `<s>` prompt `</s>`, padded with `pad_token_id`.
+            attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*):
+                1 for real tokens, 0 for padding. Defaults to `input_ids != pad_token_id`.
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*):
+                Images normalized to [-1, 1] (`OFAImageProcessor`). Their patches come before the text.
+            patch_masks (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
+                False for samples of a mixed batch that have no image: their (dummy) patches are padding.
+            inputs_embeds (`torch.FloatTensor` of shape `(batch_size, text_length, d_model)`, *optional*):
+                Token embeddings to use instead of looking up `input_ids`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds to the OFA encoder")
+        if attention_mask is None:
+            if input_ids is None:
+                attention_mask = torch.ones(inputs_embeds.shape[:2], device=inputs_embeds.device)
+            else:
+                attention_mask = input_ids.ne(self.config.pad_token_id)
+        x, text_positions = self.embed_text(input_ids, inputs_embeds)  # (B, L, D), (L, D)
+        bsz, text_len = x.shape[:2]
+        padding = attention_mask.eq(0)  # (B, L)
+        positions = self.pos_ln(text_positions).expand(bsz, -1, -1)  # (B, L, D)
+        num_patches, patch_position_ids = 0, None
+        if pixel_values is not None:
+            patches, patch_padding, patch_position_ids, patch_positions = self.embed_patches(pixel_values, patch_masks)
+            num_patches = patches.shape[1]
+            x = torch.cat([patches, x], dim=1)  # (B, N, D)
+            padding = torch.cat([patch_padding, padding], dim=1)  # (B, N)
+            positions = torch.cat([self.image_pos_ln(patch_positions), positions], dim=1)  # (B, N, D)
+        x = x * (~padding).unsqueeze(-1).to(x.dtype)
+
+        # Absolute position bias, shared by all layers: (B, H, N, N).
+        pos_q = self._heads(self.pos_q_linear(positions)) * self.pos_scaling
+        pos_k = self._heads(self.pos_k_linear(positions))
+        abs_bias = torch.matmul(pos_q, pos_k.transpose(-1, -2))
+        key_padding = padding[:, None, None, :]  # (B, 1, 1, N)
+
+        hidden_states, attentions = (x,) if output_hidden_states else None, () if output_attentions else None
+        for idx, layer in enumerate(self.layers):
+            bias = abs_bias.clone()
+            token_table = self.token_rel_pos_table_list[idx].weight
+            text_bias = F.embedding(self.token_rp_bucket[:text_len, :text_len], token_table)  # (L, L, H)
+            bias[:, :, num_patches:, num_patches:] += text_bias.permute(2, 0, 1)
+            if patch_position_ids is not None:
+                bias[:, :, :num_patches, :num_patches] += self.image_rel_bias(patch_position_ids, idx)
+            bias = bias.masked_fill(key_padding, _mask_value(bias.dtype))
+            x, weights = layer(x, bias, output_attentions=bool(output_attentions))
+            if output_hidden_states:
+                hidden_states += (x,)
+            if output_attentions:
+                attentions += (weights,)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return OFAEncoderOutput(
+            last_hidden_state=x,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            padding_mask=padding,
+            position_embeddings=positions,
+        )
+
+    def image_rel_bias(self, position_ids: torch.Tensor, idx: int) -> torch.Tensor:
+        """Relative bias between patches with grid ids (B, P) in layer idx: (B, H, P, P)."""
+        buckets = self.image_rp_bucket[position_ids[:, :, None], position_ids[:, None, :]]  # (B, P, P)
+        return F.embedding(buckets, self.image_rel_pos_table_list[idx].weight).permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OFADecoder(OFAPreTrainedModel, _PositionTables):
+    """Causal decoder over the unified vocabulary; `code_masks` samples use the 2-D image-code positions."""
+
+    def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding | None = None):
+        super().__init__(config)
+        d = config.d_model
+        self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
+        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, d, config.pad_token_id)
+        self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
+        self.code_layernorm_embedding = nn.LayerNorm(d) if config.code_layernorm_embedding else None
+        self.dropout = nn.Dropout(config.dropout)
+        self._build_position_tables(config, config.decoder_layers, config.decoder_attention_heads)
+        self.self_pos_q_linear = nn.Linear(d, d)
+        self.self_pos_k_linear = nn.Linear(d, d)
+        self.cross_pos_q_linear = nn.Linear(d, d)
+        self.cross_pos_k_linear = nn.Linear(d, d)
+        rates = drop_path_rates(config.decoder_drop_path_rate, config.decoder_layers)
+        self.layers = nn.ModuleList([OFADecoderLayer(config, i, rates[i]) for i in range(config.decoder_layers)])
+        self.layer_norm = nn.LayerNorm(d) if config.normalize_before else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def position_buffers(self) -> dict[str, torch.Tensor]:
+        buffers = super().position_buffers()
+        # Decoder position ids when generating image codes: 0 for the start token, then the code grid row by row,
+        # then a filler id for any longer target (as in the original).
+        config = self.config
+        window = config.code_image_size // 8
+        grid = image_grid_position_ids(window, window, config.image_bucket_size)
+        fill = max(config.max_position_embeddings + 2 - 1 - grid.numel(), 0)
+        buffers["image_position_idx"] = torch.cat(
+            [torch.zeros(1, dtype=torch.long), grid, grid.new_full((fill,), 1024)]
+        )
+        return buffers
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _self_bias(self, positions: torch.Tensor, ln: nn.LayerNorm, past: int) -> torch.Tensor:
+        """Absolute self-attention bias of one position kind: new rows `past:` against all S positions (H, T, S)."""
+        normed = ln(positions)  # (S, D)
+        pos_q = self._heads(self.self_pos_q_linear(normed[past:])) * self.pos_scaling  # (H, T, D/H)
+        pos_k = self._heads(self.self_pos_k_linear(normed))  # (H, S, D/H)
+        return torch.matmul(pos_q, pos_k.transpose(-1, -2))
+
+    def _cross_bias(self, positions: torch.Tensor, ln: nn.LayerNorm, past: int, keys: torch.Tensor) -> torch.Tensor:
+        """Absolute cross-attention bias of one position kind against the encoder positions: (B, H, T, N)."""
+        pos_q = self._heads(self.cross_pos_q_linear(ln(positions[past:]))) * self.pos_scaling  # (H, T, D/H)
+        return torch.matmul(pos_q, keys.transpose(-1, -2))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_padding_mask: torch.BoolTensor | None = None,
+        encoder_position_embeddings: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        code_masks: torch.BoolTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        encoder_outputs: OFAEncoderOutput | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`):
+                Decoder input ids (only the new ones when `past_key_values` holds the earlier steps).
+            encoder_hidden_states, encoder_padding_mask, encoder_position_embeddings:
+                From `OFAEncoderOutput` (`last_hidden_state`, `padding_mask`, `position_embeddings`). Passing
+                `encoder_outputs` instead lets the decoder reuse its projection of the encoder positions.
+            attention_mask (`torch.Tensor` of shape `(batch_size, past + target_length)`, *optional*):
+                1 for real decoder tokens, 0 for padding; the causal mask is always applied.
+            code_masks (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
+                True for samples whose target is a sequence of image codes.
+        """
+        if encoder_outputs is not None:
+            encoder_hidden_states = encoder_outputs.last_hidden_state
+            encoder_padding_mask = encoder_outputs.padding_mask
+            encoder_position_embeddings = encoder_outputs.position_embeddings
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        bsz, tgt_len = inputs_embeds.shape[:2]
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        total = past + tgt_len
+        self._check_length(total, "the decoder sequence")
+        device = inputs_embeds.device
+
+        # Per-kind positions of all S decoder steps: text (1-D) and, if any sample generates codes, image (2-D).
+        kinds = [(self.embed_positions.weight[:total], self.pos_ln)]  # [(positions (S, D), LayerNorm)]
+        use_codes = code_masks is not None and bool(code_masks.any())
+        if use_codes:
+            code_ids = self.image_position_idx[:total]
+            kinds.append((self.embed_image_positions(code_ids), self.image_pos_ln))
+            select = code_masks.to(torch.bool).view(bsz, 1, 1, 1)
+
+        # The decoder's projection of the encoder positions, once per encoder output (generation reuses it).
+        cross_keys = encoder_outputs.cross_position_keys if encoder_outputs is not None else None
+        if cross_keys is None:
+            cross_keys = self._heads(self.cross_pos_k_linear(encoder_position_embeddings))  # (B, H, N, D/H)
+            if encoder_outputs is not None:
+                encoder_outputs["cross_position_keys"] = cross_keys
+        self_abs = [self._self_bias(pos, ln, past) for pos, ln in kinds]  # [(H, T, S)]
+        cross_abs = [self._cross_bias(pos, ln, past, cross_keys) for pos, ln in kinds]  # [(B, H, T, N)]
+        cross_bias = torch.where(select, cross_abs[1], cross_abs[0]) if use_codes else cross_abs[0]
+        cross_bias = cross_bias.masked_fill(encoder_padding_mask[:, None, None, :], _mask_value(cross_bias.dtype))
+
+        # Causal and padding mask over the S keys: (B, 1, T, S).
+        query_pos = torch.arange(past, total, device=device)
+        masked = (torch.arange(total, device=device)[None, :] > query_pos[:, None])[None, None]
+        if attention_mask is not None:
+            masked = masked | attention_mask[:, None, None, -total:].eq(0)
+
+        # Embeddings: text samples and code samples have their own LayerNorm.
+        x = inputs_embeds * self.embed_scale
+        if self.config.entangle_position_embedding:
+            x = x + (kinds[1][0][past:] if use_codes else kinds[0][0][past:])
+        if use_codes and self.code_layernorm_embedding is not None:
+            x = torch.where(select.view(bsz, 1, 1), self.code_layernorm_embedding(x), self._text_ln(x))
+        else:
+            x = self._text_ln(x)
+        x = self.dropout(x)
+
+        hidden_states = (x,) if output_hidden_states else None
+        self_attns = () if output_attentions else None
+        cross_attns = () if output_attentions else None
+        for idx, layer in enumerate(self.layers):
+            rel_text = F.embedding(self.token_rp_bucket[past:total, :total], self.token_rel_pos_table_list[idx].weight)
+            bias = self_abs[0] + rel_text.permute(2, 0, 1)  # (H, T, S)
+            if use_codes:
+                buckets = self.image_rp_bucket[code_ids[past:total, None], code_ids[None, :]]  # (T, S)
+                rel_code = F.embedding(buckets, self.image_rel_pos_table_list[idx].weight).permute(2, 0, 1)
+                bias = torch.where(select, self_abs[1] + rel_code, bias)  # (B, H, T, S)
+            bias = bias.expand(bsz, -1, -1, -1).masked_fill(masked, _mask_value(bias.dtype))
+            x, self_w, cross_w = layer(
+                x,
+                bias,
+                encoder_hidden_states,
+                cross_bias,
+                past_key_values=past_key_values,
+                output_attentions=bool(output_attentions),
+                use_cache=bool(use_cache),
+            )
+            if output_hidden_states:
+                hidden_states += (x,)
+            if output_attentions:
+                self_attns += (self_w,)
+                cross_attns += (cross_w,)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=x,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=hidden_states,
+            attentions=self_attns,
+            cross_attentions=cross_attns,
+        )
+
+    def _text_ln(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layernorm_embedding(x) if self.layernorm_embedding is not None else x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Full models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OFAModel(OFAPreTrainedModel):
+    """The OFA encoder-decoder without the language-model head; returns the decoder's last hidden states."""
+
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: OFAConfig):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.encoder = OFAEncoder(config, self.shared)
+        self.decoder = OFADecoder(config, self.shared)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def get_encoder(self, modality: str | None = None) -> OFAEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> OFADecoder:
+        return self.decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        patch_masks: torch.BoolTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        code_masks: torch.BoolTensor | None = None,
+        encoder_outputs: OFAEncoderOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        decoder_inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        r"""
+        Args:
+            input_ids, attention_mask, pixel_values, patch_masks, inputs_embeds: see `OFAEncoder.forward`.
+            decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`):
+                `<s>` followed by the target tokens (`shift_tokens_right(labels)`).
+            decoder_attention_mask, code_masks: see `OFADecoder.forward`.
+            encoder_outputs (`OFAEncoderOutput`, *optional*): a previous encoder pass, reused as is.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                pixel_values=pixel_values,
+                patch_masks=patch_masks,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        elif not isinstance(encoder_outputs, OFAEncoderOutput):
+            raise TypeError(
+                "encoder_outputs must be the OFAEncoderOutput returned by the OFA encoder (it carries the padding "
+                f"mask and position embeddings the decoder needs), got {type(encoder_outputs).__name__}"
+            )
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            encoder_outputs=encoder_outputs,
+            attention_mask=decoder_attention_mask,
+            code_masks=code_masks,
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
+    """OFA with its tied language-model head: captioning, VQA, grounding, detection, image-code generation."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+
+    def __init__(self, config: OFAConfig):
+        super().__init__(config)
+        self.model = OFAModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_encoder(self, modality: str | None = None) -> OFAEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> OFADecoder:
+        return self.model.decoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        patch_masks: torch.BoolTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        code_masks: torch.BoolTensor | None = None,
+        encoder_outputs: OFAEncoderOutput | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        decoder_inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        r"""
+        Args:
+            labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+                Target ids followed by `</s>`; -100 marks positions without loss (padding, `no_loss` prompts).
+                When `decoder_input_ids` is not given it is derived from the labels.
+            num_items_in_batch (`int`, *optional*):
+                Number of scored tokens over all accumulated micro-batches (passed by `Trainer`): the loss is then
+                a sum divided by it, so gradient accumulation weighs every token equally.
+            Others: see `OFAModel.forward`.
+        """
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            patch_masks=patch_masks,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            code_masks=code_masks,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = self.loss(logits, labels, num_items_in_batch)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token cross-entropy with `config.label_smoothing`, ignoring -100; mean over scored tokens."""
+        flat_logits = logits.reshape(-1, logits.shape[-1]).float()  # (B*T, V)
+        flat_labels = labels.reshape(-1).to(logits.device)
+        reduction = "mean" if num_items_in_batch is None else "sum"
+        loss = F.cross_entropy(
+            flat_logits,
+            flat_labels,
+            ignore_index=-100,
+            reduction=reduction,
+            label_smoothing=self.config.label_smoothing,
+        )
+        if num_items_in_batch is not None:
+            loss = loss / num_items_in_batch
+        return loss
