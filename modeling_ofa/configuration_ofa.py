@@ -6,7 +6,28 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-__all__ = ["OFAConfig", "PRESETS", "RESNET_LAYERS"]
+__all__ = ["EXTRA_MODALITIES", "MODALITIES", "MOE_TYPES", "OFAConfig", "PRESETS", "RESNET_LAYERS"]
+
+# Modality ids, in OFASys's order (its `ModalityType` enum, 0-based) plus IMAGE_CODE for VQ image-code targets.
+# Every encoder and decoder position carries one; modality mixture-of-experts routes by it.
+MODALITIES: tuple[str, ...] = (
+    "TEXT",
+    "IMAGE",
+    "BOX",
+    "AUDIO",
+    "MOTION",
+    "PHONE",
+    "VIDEO",
+    "STRUCT",
+    "CATEGORY",
+    "IMAGE_CODE",
+)
+
+# Feed-forward kinds: dense (OFA), one expert per modality group (OFASys `modal_ffn`, VLMo), or a learned router.
+MOE_TYPES: tuple[str, ...] = ("none", "modality", "topk")
+
+# Encoder inputs beyond OFA's text and image, each with its own adapter (OFA+).
+EXTRA_MODALITIES: tuple[str, ...] = ("AUDIO", "VIDEO", "MOTION")
 
 # Blocks per stage of the three-stage ResNet stem. Every variant uses Bottleneck blocks, so resnet34 and resnet50
 # are the same network here (as in the original code).
@@ -146,6 +167,31 @@ class OFAConfig(PretrainedConfig):
             Side in pixels of images generated as VQ codes; the decoder code grid is `code_image_size // 8` wide.
         sample_patch_num (`int`, *optional*):
             During training, keep a random subset of this many image patches (OFA pretraining uses 196).
+        extra_modalities (`list[str]`, defaults to `[]`):
+            Encoder adapters beyond text and image (OFA+): any of `"AUDIO"`, `"VIDEO"`, `"MOTION"`. Original OFA
+            checkpoints have none.
+        audio_feature_size (`int`, defaults to 80):
+            Log-mel bins per audio frame (`OFAAudioFeatureExtractor`).
+        motion_feature_size (`int`, *optional*):
+            Features per motion step (joints x coordinates x frames per step); required with `"MOTION"`.
+        max_video_frames (`int`, defaults to 16):
+            Rows of the video time embedding: the most frames a video slot may have.
+        moe_type (`str`, defaults to `"none"`):
+            Feed-forward kind, one of `MOE_TYPES`: `"none"` (dense), `"modality"` (one expert per modality group,
+            tokens routed by their modality id) or `"topk"` (a learned router).
+        moe_layers (`str | list[int]`, defaults to `"all"`):
+            Which layers get experts: `"all"`, `"every_other"`, `"top_N"` (the last N) or explicit layer indices.
+        moe_modality_groups (`list[list[str]]`, *optional*):
+            For `"modality"`: the modalities that share each expert. Defaults to one expert per modality in
+            `MODALITIES`, as OFASys does.
+        moe_num_experts (`int`, defaults to 4):
+            For `"topk"`: number of experts.
+        moe_top_k (`int`, defaults to 1):
+            For `"topk"`: experts per token (1 or 2).
+        moe_capacity_factor (`float`, *optional*, defaults to 1.25):
+            For `"topk"`: each expert takes at most `factor * tokens * top_k / experts` tokens (None: no limit).
+        moe_aux_loss_weight (`float`, defaults to 0.01):
+            For `"topk"`: weight of the load-balancing loss added to the training loss.
         label_smoothing (`float`, defaults to 0.0):
             Label smoothing of the training loss (OFA fine-tunes with 0.1).
         pad_token_id (`int`, defaults to 1):
@@ -207,6 +253,17 @@ class OFAConfig(PretrainedConfig):
         resnet_drop_path_rate: float = 0.0,
         code_image_size: int = 128,
         sample_patch_num: int | None = None,
+        extra_modalities: list[str] | tuple[str, ...] = (),
+        audio_feature_size: int = 80,
+        motion_feature_size: int | None = None,
+        max_video_frames: int = 16,
+        moe_type: str = "none",
+        moe_layers: str | list[int] = "all",
+        moe_modality_groups: list[list[str]] | None = None,
+        moe_num_experts: int = 4,
+        moe_top_k: int = 1,
+        moe_capacity_factor: float | None = 1.25,
+        moe_aux_loss_weight: float = 0.01,
         label_smoothing: float = 0.0,
         pad_token_id: int = 1,
         bos_token_id: int = 0,
@@ -223,6 +280,21 @@ class OFAConfig(PretrainedConfig):
         for name, heads in (("encoder", encoder_attention_heads), ("decoder", decoder_attention_heads)):
             if d_model % heads:
                 raise ValueError(f"d_model={d_model} is not divisible by {name}_attention_heads={heads}")
+        unknown = sorted(set(extra_modalities) - set(EXTRA_MODALITIES))
+        if unknown:
+            raise ValueError(f"extra_modalities {unknown} unknown; choose among {list(EXTRA_MODALITIES)}")
+        if "MOTION" in extra_modalities and not motion_feature_size:
+            raise ValueError("extra_modalities includes MOTION, so motion_feature_size must be set")
+        if moe_type not in MOE_TYPES:
+            raise ValueError(f"moe_type={moe_type!r} is not one of {list(MOE_TYPES)}")
+        if moe_modality_groups is not None:
+            flat = [m for group in moe_modality_groups for m in group]
+            if sorted(flat) != sorted(set(flat)) or set(flat) - set(MODALITIES):
+                raise ValueError(
+                    f"moe_modality_groups {moe_modality_groups} must name each of {list(MODALITIES)} at most once"
+                )
+        if moe_top_k not in (1, 2):
+            raise ValueError(f"moe_top_k={moe_top_k} must be 1 or 2")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1)")
         self.vocab_size = vocab_size
@@ -256,6 +328,17 @@ class OFAConfig(PretrainedConfig):
         self.resnet_drop_path_rate = resnet_drop_path_rate
         self.code_image_size = code_image_size
         self.sample_patch_num = sample_patch_num
+        self.extra_modalities = list(extra_modalities)
+        self.audio_feature_size = audio_feature_size
+        self.motion_feature_size = motion_feature_size
+        self.max_video_frames = max_video_frames
+        self.moe_type = moe_type
+        self.moe_layers = moe_layers
+        self.moe_modality_groups = moe_modality_groups
+        self.moe_num_experts = moe_num_experts
+        self.moe_top_k = moe_top_k
+        self.moe_capacity_factor = moe_capacity_factor
+        self.moe_aux_loss_weight = moe_aux_loss_weight
         self.label_smoothing = label_smoothing
         self.use_cache = use_cache
         super().__init__(
@@ -268,6 +351,12 @@ class OFAConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    def modality_to_expert(self) -> list[int]:
+        """Expert index of each modality id (`MODALITIES` order) under `moe_modality_groups`; -1 if ungrouped."""
+        groups = self.moe_modality_groups or [[m] for m in MODALITIES]
+        lookup = {m: i for i, group in enumerate(groups) for m in group}
+        return [lookup.get(m, -1) for m in MODALITIES]
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> OFAConfig:

@@ -36,7 +36,8 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 
-from .configuration_ofa import RESNET_LAYERS, OFAConfig
+from .adapters import AudioAdapter, MotionAdapter, VideoTimeEmbedding
+from .configuration_ofa import MODALITIES, RESNET_LAYERS, OFAConfig
 from .resnet import DropPath, OFAResNet, drop_path_rates
 
 __all__ = [
@@ -110,6 +111,23 @@ def _mask_value(dtype: torch.dtype) -> float:
 
 
 @dataclass
+class _Segment:
+    """One modality's part of the encoder sequence."""
+
+    embeds: torch.Tensor  # (B, n, D)
+    padding: torch.Tensor  # (B, n), True at padding
+    positions: torch.Tensor  # (B, n, D) layer-normalized absolute position embeddings
+    rel_ids: torch.Tensor  # (n,) 1-D positions, or (B, n) 2-D grid ids when is_image
+    is_image: bool  # which relative table: 2-D image offsets or 1-D token buckets
+    modality: int | torch.Tensor  # a MODALITIES index, or (B, n) ids
+
+    def modality_ids(self, bsz: int) -> torch.Tensor:
+        if isinstance(self.modality, torch.Tensor):
+            return self.modality.to(self.embeds.device).long()
+        return torch.full((bsz, self.embeds.shape[1]), self.modality, dtype=torch.long, device=self.embeds.device)
+
+
+@dataclass
 class OFAEncoderOutput(BaseModelOutput):
     """
     Encoder output, plus what the decoder needs besides the hidden states.
@@ -120,6 +138,8 @@ class OFAEncoderOutput(BaseModelOutput):
         position_embeddings (`torch.FloatTensor` of shape `(batch_size, sequence_length, d_model)`):
             Layer-normalized absolute position embeddings of `[patches ; tokens]`, for the decoder's
             cross-attention position bias.
+        modality_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            `MODALITIES` index of every position (routes modality experts).
         cross_position_keys (`torch.FloatTensor`, *optional*):
             The decoder's projection of `position_embeddings`, computed once on the first decoder call and reused
             by every generation step.
@@ -127,6 +147,7 @@ class OFAEncoderOutput(BaseModelOutput):
 
     padding_mask: torch.BoolTensor | None = None
     position_embeddings: torch.FloatTensor | None = None
+    modality_ids: torch.LongTensor | None = None
     cross_position_keys: torch.FloatTensor | None = None
 
 
@@ -227,7 +248,11 @@ class OFAEncoderLayer(GradientCheckpointingLayer):
         return self.dropout(self.fc2(hidden_states))
 
     def forward(
-        self, hidden_states: torch.Tensor, attn_bias: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        attn_bias: torch.Tensor,
+        modality_ids: torch.Tensor | None = None,
+        output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         residual = hidden_states
         if self.normalize_before:
@@ -409,6 +434,10 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         self.embed_images = OFAResNet(RESNET_LAYERS[config.resnet_type], config.resnet_drop_path_rate)
         self.image_proj = nn.Linear(OFAResNet.out_channels, d)
         self.patch_layernorm_embedding = nn.LayerNorm(d) if config.patch_layernorm_embedding else None
+        extra = config.extra_modalities
+        self.video_time_embedding = VideoTimeEmbedding(config) if "VIDEO" in extra else None
+        adapters = {"AUDIO": AudioAdapter, "MOTION": MotionAdapter}
+        self.adapters = nn.ModuleDict({name: adapters[name](config) for name in adapters if name in extra})
         self.dropout = nn.Dropout(config.dropout)
         self._build_position_tables(config, config.encoder_layers, config.encoder_attention_heads)
         self.pos_q_linear = nn.Linear(d, d)
@@ -430,47 +459,101 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
             return x
         return x + self.type_embedding.weight[type_id]
 
-    def embed_patches(
-        self, pixel_values: torch.Tensor, patch_masks: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image -> (patch embeddings (B, P, D), padding (B, P), grid position ids (B, P), raw positions (B, P, D))."""
+    def _patch_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) -> ResNet features (B, P, 1024) and the patches' grid position ids (P,)."""
         features = self.embed_images(pixel_values)  # (B, 1024, h, w)
-        bsz, _, h, w = features.shape
+        h, w = features.shape[-2:]
         if max(h, w) > self.config.image_bucket_size:
             raise ValueError(
                 f"pixel_values of size {tuple(pixel_values.shape[-2:])} give a {h}x{w} patch grid, larger than "
                 f"image_bucket_size={self.config.image_bucket_size}; use images of at most "
                 f"{16 * self.config.image_bucket_size} pixels per side"
             )
-        features = features.flatten(2).transpose(1, 2)  # (B, P, 1024)
         position_ids = image_grid_position_ids(h, w, self.config.image_bucket_size, features.device)
-        position_ids = position_ids.expand(bsz, -1)  # (B, P)
-        sample = self.config.sample_patch_num
-        if self.training and sample is not None and sample < h * w:
-            # Pretraining trick: train on a random subset of patches (different per sample).
-            order = torch.rand(bsz, h * w, device=features.device).argsort(dim=1)[:, :sample]  # (B, P')
-            features = features.gather(1, order[..., None].expand(-1, -1, features.shape[-1]))
-            position_ids = position_ids.gather(1, order)
-        padding = torch.zeros(position_ids.shape, dtype=torch.bool, device=features.device)
-        if patch_masks is not None:
-            padding = padding | ~patch_masks.to(torch.bool).view(bsz, 1)  # samples without an image
-        x = self.image_proj(features) * self.embed_scale
-        raw_positions = self.embed_image_positions(position_ids)  # (B, P, D)
+        return features.flatten(2).transpose(1, 2), position_ids  # (B, P, 1024), (P,)
+
+    def _finish_patches(self, x: torch.Tensor, raw_positions: torch.Tensor) -> torch.Tensor:
+        """Projected patches -> (+ entangled positions) + image type -> patch LayerNorm -> dropout."""
         if self.config.entangle_position_embedding:
             x = x + raw_positions
         x = self._type(x, 1)
         if self.patch_layernorm_embedding is not None:
             x = self.patch_layernorm_embedding(x)
-        return self.dropout(x), padding, position_ids, raw_positions
+        return self.dropout(x)
+
+    def _sample_mask(self, present: torch.Tensor | None, bsz: int, length: int, device) -> torch.Tensor:
+        """Padding (B, n) of a segment: everything, for samples that lack the modality (`present` False)."""
+        padding = torch.zeros(bsz, length, dtype=torch.bool, device=device)
+        if present is not None:
+            padding = padding | ~present.to(device=device, dtype=torch.bool).view(bsz, 1)
+        return padding
+
+    def embed_patches(self, pixel_values: torch.Tensor, patch_masks: torch.Tensor | None) -> _Segment:
+        """Image slot: ResNet patches (B, P, D), with 2-D grid positions."""
+        features, grid_ids = self._patch_features(pixel_values)
+        bsz, num_patches = features.shape[:2]
+        position_ids = grid_ids.expand(bsz, -1)  # (B, P)
+        sample = self.config.sample_patch_num
+        if self.training and sample is not None and sample < num_patches:
+            # Pretraining trick: train on a random subset of patches (different per sample).
+            order = torch.rand(bsz, num_patches, device=features.device).argsort(dim=1)[:, :sample]  # (B, P')
+            features = features.gather(1, order[..., None].expand(-1, -1, features.shape[-1]))
+            position_ids = position_ids.gather(1, order)
+        raw_positions = self.embed_image_positions(position_ids)  # (B, P, D)
+        x = self._finish_patches(self.image_proj(features) * self.embed_scale, raw_positions)
+        padding = self._sample_mask(patch_masks, bsz, x.shape[1], x.device)
+        return _Segment(x, padding, self.image_pos_ln(raw_positions), position_ids, True, MODALITIES.index("IMAGE"))
+
+    def embed_video(
+        self, video_pixel_values: torch.Tensor, frame_indices: torch.Tensor | None, video_masks: torch.Tensor | None
+    ) -> _Segment:
+        """Video slot (B, F, 3, H, W): every frame through the image stem, plus a learned time embedding."""
+        if self.video_time_embedding is None:
+            raise ValueError(
+                "got video inputs, but this model has no VIDEO adapter; add 'VIDEO' to config.extra_modalities "
+                f"(now {self.config.extra_modalities})"
+            )
+        bsz, frames = video_pixel_values.shape[:2]
+        if frames > self.config.max_video_frames:
+            raise ValueError(
+                f"the video has {frames} frames, more than max_video_frames={self.config.max_video_frames}"
+            )
+        features, grid_ids = self._patch_features(video_pixel_values.flatten(0, 1))  # (B*F, P, 1024), (P,)
+        num_patches = features.shape[1]
+        x = self.image_proj(features).view(bsz, frames * num_patches, -1) * self.embed_scale  # (B, F*P, D)
+        if frame_indices is None:
+            frame_indices = torch.arange(frames, device=x.device).expand(bsz, -1)
+        x = x + self.video_time_embedding(frame_indices).repeat_interleave(num_patches, dim=1)  # (B, F*P, D)
+        position_ids = grid_ids.repeat(frames).expand(bsz, -1)  # (B, F*P): frames share the grid
+        raw_positions = self.embed_image_positions(position_ids)
+        x = self._finish_patches(x, raw_positions)
+        padding = self._sample_mask(video_masks, bsz, x.shape[1], x.device)
+        return _Segment(x, padding, self.image_pos_ln(raw_positions), position_ids, True, MODALITIES.index("VIDEO"))
+
+    def embed_sequence(self, adapter: nn.Module, features, mask, present, modality: str) -> _Segment:
+        """Audio or motion slot: its adapter, then 1-D positions like text."""
+        x, padding = adapter(features, mask)  # (B, n, D), (B, n)
+        length = x.shape[1]
+        self._check_length(length, f"the {modality.lower()} input (after its adapter)")
+        padding = padding | self._sample_mask(present, x.shape[0], length, x.device)
+        positions = self.pos_ln(self.embed_positions.weight[:length]).expand(x.shape[0], -1, -1)
+        rel_ids = torch.arange(length, device=x.device)
+        return _Segment(self.dropout(x), padding, positions, rel_ids, False, MODALITIES.index(modality))
 
     def embed_text(
-        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens -> (token embeddings (B, L, D), raw positions (L, D))."""
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> _Segment:
+        """Text tokens (B, L, D), with 1-D positions."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        length = inputs_embeds.shape[1]
+        bsz, length = inputs_embeds.shape[:2]
         self._check_length(length, "the text input")
+        if attention_mask is None:
+            padding = input_ids.eq(self.config.pad_token_id) if input_ids is not None else None
+        else:
+            padding = attention_mask.eq(0)
+        if padding is None:
+            padding = torch.zeros(bsz, length, dtype=torch.bool, device=inputs_embeds.device)
         raw_positions = self.embed_positions.weight[:length]  # (L, D)
         x = inputs_embeds * self.embed_scale
         if self.config.entangle_position_embedding:
@@ -478,7 +561,9 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         x = self._type(x, 0)
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
-        return self.dropout(x), raw_positions
+        positions = self.pos_ln(raw_positions).expand(bsz, -1, -1)  # (B, L, D)
+        rel_ids = torch.arange(length, device=x.device)
+        return _Segment(self.dropout(x), padding, positions, rel_ids, False, MODALITIES.index("TEXT"))
 
     def forward(
         self,
@@ -486,6 +571,16 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         patch_masks: torch.BoolTensor | None = None,
+        input_modality_ids: torch.LongTensor | None = None,
+        video_pixel_values: torch.FloatTensor | None = None,
+        video_frame_indices: torch.LongTensor | None = None,
+        video_masks: torch.BoolTensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+        audio_masks: torch.BoolTensor | None = None,
+        motion_features: torch.FloatTensor | None = None,
+        motion_attention_mask: torch.Tensor | None = None,
+        motion_masks: torch.BoolTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -493,36 +588,54 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         **kwargs,
     ) -> OFAEncoderOutput:
         r"""
+        The encoder sequence is `[image ; video ; audio ; motion ; text]`, each part present only when given.
+
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
                 Text token ids: `<s>` prompt `</s>`, padded with `pad_token_id`.
             attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*):
                 1 for real tokens, 0 for padding. Defaults to `input_ids != pad_token_id`.
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*):
-                Images normalized to [-1, 1] (`OFAImageProcessor`). Their patches come before the text.
+                Images normalized to [-1, 1] (`OFAImageProcessor`).
             patch_masks (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
                 False for samples of a mixed batch that have no image: their (dummy) patches are padding.
+                `video_masks`, `audio_masks` and `motion_masks` do the same for the other modalities.
+            input_modality_ids (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*):
+                Modality id (`MODALITIES` index) of each token: struct, box or phone tokens are embedded as text but
+                can be routed to their own experts. Defaults to TEXT.
+            video_pixel_values (`torch.FloatTensor` of shape `(batch_size, frames, 3, height, width)`, *optional*):
+                Video frames (needs `"VIDEO"` in `config.extra_modalities`), with `video_frame_indices`
+                `(batch_size, frames)` for the time embedding (defaults to 0..frames-1).
+            audio_features (`torch.FloatTensor` of shape `(batch_size, frames, audio_feature_size)`, *optional*):
+                Log-mel frames (needs `"AUDIO"`), with `audio_attention_mask` (1 = real frame).
+            motion_features (`torch.FloatTensor` of shape `(batch_size, steps, motion_feature_size)`, *optional*):
+                Motion steps (needs `"MOTION"`), with `motion_attention_mask` (1 = real step).
             inputs_embeds (`torch.FloatTensor` of shape `(batch_size, text_length, d_model)`, *optional*):
                 Token embeddings to use instead of looking up `input_ids`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the OFA encoder")
-        if attention_mask is None:
-            if input_ids is None:
-                attention_mask = torch.ones(inputs_embeds.shape[:2], device=inputs_embeds.device)
-            else:
-                attention_mask = input_ids.ne(self.config.pad_token_id)
-        x, text_positions = self.embed_text(input_ids, inputs_embeds)  # (B, L, D), (L, D)
-        bsz, text_len = x.shape[:2]
-        padding = attention_mask.eq(0)  # (B, L)
-        positions = self.pos_ln(text_positions).expand(bsz, -1, -1)  # (B, L, D)
-        num_patches, patch_position_ids = 0, None
+        segments = []
         if pixel_values is not None:
-            patches, patch_padding, patch_position_ids, patch_positions = self.embed_patches(pixel_values, patch_masks)
-            num_patches = patches.shape[1]
-            x = torch.cat([patches, x], dim=1)  # (B, N, D)
-            padding = torch.cat([patch_padding, padding], dim=1)  # (B, N)
-            positions = torch.cat([self.image_pos_ln(patch_positions), positions], dim=1)  # (B, N, D)
+            segments.append(self.embed_patches(pixel_values, patch_masks))
+        if video_pixel_values is not None:
+            segments.append(self.embed_video(video_pixel_values, video_frame_indices, video_masks))
+        for name, features, mask, present in (
+            ("AUDIO", audio_features, audio_attention_mask, audio_masks),
+            ("MOTION", motion_features, motion_attention_mask, motion_masks),
+        ):
+            if features is not None:
+                segments.append(self.embed_sequence(self._adapter(name), features, mask, present, name))
+        text = self.embed_text(input_ids, inputs_embeds, attention_mask)
+        if input_modality_ids is not None:
+            text.modality = input_modality_ids
+        segments.append(text)
+
+        x = torch.cat([seg.embeds for seg in segments], dim=1)  # (B, N, D)
+        bsz, length = x.shape[:2]
+        padding = torch.cat([seg.padding for seg in segments], dim=1)  # (B, N)
+        positions = torch.cat([seg.positions for seg in segments], dim=1)  # (B, N, D)
+        modality_ids = torch.cat([seg.modality_ids(bsz) for seg in segments], dim=1)  # (B, N)
         x = x * (~padding).unsqueeze(-1).to(x.dtype)
 
         # Absolute position bias, shared by all layers: (B, H, N, N).
@@ -533,14 +646,14 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
 
         hidden_states, attentions = (x,) if output_hidden_states else None, () if output_attentions else None
         for idx, layer in enumerate(self.layers):
-            bias = abs_bias.clone()
-            token_table = self.token_rel_pos_table_list[idx].weight
-            text_bias = F.embedding(self.token_rp_bucket[:text_len, :text_len], token_table)  # (L, L, H)
-            bias[:, :, num_patches:, num_patches:] += text_bias.permute(2, 0, 1)
-            if patch_position_ids is not None:
-                bias[:, :, :num_patches, :num_patches] += self.image_rel_bias(patch_position_ids, idx)
+            # Relative bias inside each segment; positions of different segments interact only through abs_bias.
+            bias, start = abs_bias.clone(), 0
+            for seg in segments:
+                end = start + seg.embeds.shape[1]
+                bias[:, :, start:end, start:end] += self.relative_bias(seg, idx)
+                start = end
             bias = bias.masked_fill(key_padding, _mask_value(bias.dtype))
-            x, weights = layer(x, bias, output_attentions=bool(output_attentions))
+            x, weights = layer(x, bias, modality_ids, output_attentions=bool(output_attentions))
             if output_hidden_states:
                 hidden_states += (x,)
             if output_attentions:
@@ -553,12 +666,27 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
             attentions=attentions,
             padding_mask=padding,
             position_embeddings=positions,
+            modality_ids=modality_ids,
         )
 
-    def image_rel_bias(self, position_ids: torch.Tensor, idx: int) -> torch.Tensor:
-        """Relative bias between patches with grid ids (B, P) in layer idx: (B, H, P, P)."""
-        buckets = self.image_rp_bucket[position_ids[:, :, None], position_ids[:, None, :]]  # (B, P, P)
-        return F.embedding(buckets, self.image_rel_pos_table_list[idx].weight).permute(0, 3, 1, 2)
+    def _adapter(self, modality: str) -> nn.Module:
+        adapter = self.adapters[modality] if modality in self.adapters else None
+        if adapter is None:
+            raise ValueError(
+                f"got {modality.lower()} inputs, but this model has no {modality} adapter; add {modality!r} to "
+                f"config.extra_modalities (now {self.config.extra_modalities})"
+            )
+        return adapter
+
+    def relative_bias(self, segment: _Segment, idx: int) -> torch.Tensor:
+        """Relative position bias inside one segment in layer idx: (H, n, n) or (B, H, n, n)."""
+        if segment.is_image:
+            ids = segment.rel_ids  # (B, n) grid ids
+            buckets = self.image_rp_bucket[ids[:, :, None], ids[:, None, :]]  # (B, n, n)
+            return F.embedding(buckets, self.image_rel_pos_table_list[idx].weight).permute(0, 3, 1, 2)
+        ids = segment.rel_ids  # (n,) 1-D positions
+        buckets = self.token_rp_bucket[ids[:, None], ids[None, :]]  # (n, n)
+        return F.embedding(buckets, self.token_rel_pos_table_list[idx].weight).permute(2, 0, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -775,6 +903,16 @@ class OFAModel(OFAPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         patch_masks: torch.BoolTensor | None = None,
+        input_modality_ids: torch.LongTensor | None = None,
+        video_pixel_values: torch.FloatTensor | None = None,
+        video_frame_indices: torch.LongTensor | None = None,
+        video_masks: torch.BoolTensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+        audio_masks: torch.BoolTensor | None = None,
+        motion_features: torch.FloatTensor | None = None,
+        motion_attention_mask: torch.Tensor | None = None,
+        motion_masks: torch.BoolTensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         code_masks: torch.BoolTensor | None = None,
@@ -790,7 +928,8 @@ class OFAModel(OFAPreTrainedModel):
     ) -> Seq2SeqModelOutput:
         r"""
         Args:
-            input_ids, attention_mask, pixel_values, patch_masks, inputs_embeds: see `OFAEncoder.forward`.
+            input_ids, attention_mask, pixel_values, patch_masks, inputs_embeds, and the video, audio and motion
+                inputs: see `OFAEncoder.forward`.
             decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`):
                 `<s>` followed by the target tokens (`shift_tokens_right(labels)`).
             decoder_attention_mask, code_masks: see `OFADecoder.forward`.
@@ -802,6 +941,16 @@ class OFAModel(OFAPreTrainedModel):
                 attention_mask=attention_mask,
                 pixel_values=pixel_values,
                 patch_masks=patch_masks,
+                input_modality_ids=input_modality_ids,
+                video_pixel_values=video_pixel_values,
+                video_frame_indices=video_frame_indices,
+                video_masks=video_masks,
+                audio_features=audio_features,
+                audio_attention_mask=audio_attention_mask,
+                audio_masks=audio_masks,
+                motion_features=motion_features,
+                motion_attention_mask=motion_attention_mask,
+                motion_masks=motion_masks,
                 inputs_embeds=inputs_embeds,
                 output_attentions=output_attentions,
                 output_hidden_states=output_hidden_states,
@@ -866,6 +1015,16 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         patch_masks: torch.BoolTensor | None = None,
+        input_modality_ids: torch.LongTensor | None = None,
+        video_pixel_values: torch.FloatTensor | None = None,
+        video_frame_indices: torch.LongTensor | None = None,
+        video_masks: torch.BoolTensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+        audio_masks: torch.BoolTensor | None = None,
+        motion_features: torch.FloatTensor | None = None,
+        motion_attention_mask: torch.Tensor | None = None,
+        motion_masks: torch.BoolTensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         code_masks: torch.BoolTensor | None = None,
@@ -900,6 +1059,16 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             pixel_values=pixel_values,
             patch_masks=patch_masks,
+            input_modality_ids=input_modality_ids,
+            video_pixel_values=video_pixel_values,
+            video_frame_indices=video_frame_indices,
+            video_masks=video_masks,
+            audio_features=audio_features,
+            audio_attention_mask=audio_attention_mask,
+            audio_masks=audio_masks,
+            motion_features=motion_features,
+            motion_attention_mask=motion_attention_mask,
+            motion_masks=motion_masks,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             code_masks=code_masks,
