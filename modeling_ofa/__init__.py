@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from .configuration_ofa import PRESETS, RESNET_LAYERS, OFAConfig
+from .configuration_ofa import EXTRA_MODALITIES, MODALITIES, MOE_TYPES, PRESETS, RESNET_LAYERS, OFAConfig
 from .modeling_ofa import (
     OFADecoder,
     OFAEncoder,
@@ -10,12 +10,36 @@ from .modeling_ofa import (
     OFAForConditionalGeneration,
     OFAModel,
     OFAPreTrainedModel,
+    OFASeq2SeqLMOutput,
     shift_tokens_right,
+)
+from .moe import (
+    FeedForward,
+    ModalityMoE,
+    MoEStats,
+    TopKMoE,
+    collect_moe_stats,
+    dense_to_moe_state_dict,
+    select_moe_layers,
+    sum_aux_losses,
+    upcycle_dense_ffn,
 )
 
 __all__ = [
+    "EXTRA_MODALITIES",
+    "MODALITIES",
+    "MOE_TYPES",
     "PRESETS",
     "RESNET_LAYERS",
+    "FeedForward",
+    "ModalityMoE",
+    "MoEStats",
+    "TopKMoE",
+    "collect_moe_stats",
+    "dense_to_moe_state_dict",
+    "select_moe_layers",
+    "sum_aux_losses",
+    "upcycle_dense_ffn",
     "OFAConfig",
     "OFADecoder",
     "OFAEncoder",
@@ -23,6 +47,7 @@ __all__ = [
     "OFAForConditionalGeneration",
     "OFAModel",
     "OFAPreTrainedModel",
+    "OFASeq2SeqLMOutput",
     "shift_tokens_right",
 ]
 

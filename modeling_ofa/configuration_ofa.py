@@ -352,6 +352,13 @@ class OFAConfig(PretrainedConfig):
             **kwargs,
         )
 
+    @property
+    def num_experts(self) -> int:
+        """Experts per MoE layer: one per modality group, `moe_num_experts` for `topk`, 0 when dense."""
+        if self.moe_type == "modality":
+            return len(self.moe_modality_groups or MODALITIES)
+        return self.moe_num_experts if self.moe_type == "topk" else 0
+
     def modality_to_expert(self) -> list[int]:
         """Expert index of each modality id (`MODALITIES` order) under `moe_modality_groups`; -1 if ungrouped."""
         groups = self.moe_modality_groups or [[m] for m in MODALITIES]

@@ -19,6 +19,7 @@ positions (cached + new), H heads, D model width.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -38,10 +39,12 @@ from transformers.modeling_outputs import (
 
 from .adapters import AudioAdapter, MotionAdapter, VideoTimeEmbedding
 from .configuration_ofa import MODALITIES, RESNET_LAYERS, OFAConfig
+from .moe import ModalityMoE, TopKMoE, dense_to_moe_state_dict, select_moe_layers, sum_aux_losses
 from .resnet import DropPath, OFAResNet, drop_path_rates
 
 __all__ = [
     "OFAEncoderOutput",
+    "OFASeq2SeqLMOutput",
     "OFAPreTrainedModel",
     "OFAEncoder",
     "OFADecoder",
@@ -105,6 +108,13 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
+def _moe_layers(config: OFAConfig, num_layers: int) -> set[int]:
+    """Indices of the layers that get an expert block."""
+    if config.moe_type == "none":
+        return set()
+    return set(select_moe_layers(config.moe_layers, num_layers))
+
+
 def _mask_value(dtype: torch.dtype) -> float:
     # The most negative finite value: a fully masked row then stays finite instead of turning into NaN.
     return torch.finfo(dtype).min
@@ -125,6 +135,20 @@ class _Segment:
         if isinstance(self.modality, torch.Tensor):
             return self.modality.to(self.embeds.device).long()
         return torch.full((bsz, self.embeds.shape[1]), self.modality, dtype=torch.long, device=self.embeds.device)
+
+
+@dataclass
+class OFASeq2SeqLMOutput(Seq2SeqLMOutput):
+    """
+    `Seq2SeqLMOutput` plus the mixture-of-experts auxiliary loss.
+
+    Args:
+        aux_loss (`torch.FloatTensor`, *optional*):
+            Weighted load-balancing loss of the `topk` routers of this forward; in training it is already included
+            in `loss`, and it is reported here separately for logging.
+    """
+
+    aux_loss: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -225,27 +249,64 @@ class OFAAttention(nn.Module):
 class OFAEncoderLayer(GradientCheckpointingLayer):
     """Self-attention and feed-forward blocks, pre-LN with NormFormer LayerNorms."""
 
-    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0):
+    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0, use_moe: bool = False):
         super().__init__()
         d = config.d_model
         self.normalize_before = config.normalize_before
         self.self_attn = OFAAttention(config, config.encoder_attention_heads, layer_idx)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
-        self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
-        self.ffn_layer_norm = nn.LayerNorm(config.encoder_ffn_dim) if config.normformer else None
+        self._build_feed_forward(config, config.encoder_ffn_dim, use_moe)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def _build_feed_forward(self, config: OFAConfig, ffn_dim: int, use_moe: bool) -> None:
+        """Dense `fc1`/`fc2`/`ffn_layer_norm` (original key names), or an expert block at `moe`."""
+        d = config.d_model
         self.final_layer_norm = nn.LayerNorm(d)
         self.activation_fn = ACT2FN[config.activation_function]
         self.dropout = nn.Dropout(config.dropout)
         self.activation_dropout = nn.Dropout(config.activation_dropout)
-        self.drop_path = DropPath(drop_path_rate)
+        self.moe = None
+        if not use_moe:
+            self.fc1 = nn.Linear(d, ffn_dim)
+            self.fc2 = nn.Linear(ffn_dim, d)
+            self.ffn_layer_norm = nn.LayerNorm(ffn_dim) if config.normformer else None
+            return
+        shared = dict(
+            d_model=d,
+            ffn_dim=ffn_dim,
+            activation=config.activation_function,
+            dropout=config.dropout,
+            activation_dropout=config.activation_dropout,
+            normformer=config.normformer,
+        )
+        if config.moe_type == "modality":
+            self.moe = ModalityMoE(config.num_experts, **shared)
+            self.register_buffer("modality_to_expert", torch.tensor(config.modality_to_expert()), persistent=False)
+        else:
+            self.moe = TopKMoE(
+                config.num_experts,
+                top_k=config.moe_top_k,
+                capacity_factor=config.moe_capacity_factor,
+                balance_loss_coef=config.moe_aux_loss_weight,
+                **shared,
+            )
 
-    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.activation_dropout(self.activation_fn(self.fc1(hidden_states)))
-        if self.ffn_layer_norm is not None:
-            hidden_states = self.ffn_layer_norm(hidden_states)
-        return self.dropout(self.fc2(hidden_states))
+    def feed_forward(self, hidden_states: torch.Tensor, modality_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.moe is None:
+            hidden_states = self.activation_dropout(self.activation_fn(self.fc1(hidden_states)))
+            if self.ffn_layer_norm is not None:
+                hidden_states = self.ffn_layer_norm(hidden_states)
+            return self.dropout(self.fc2(hidden_states))
+        if isinstance(self.moe, TopKMoE):
+            return self.moe(hidden_states)[0]
+        if modality_ids is None:
+            modality_ids = torch.zeros(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
+        expert_ids = self.modality_to_expert[modality_ids]  # (B, T)
+        if bool((expert_ids < 0).any()):
+            missing = sorted({MODALITIES[i] for i in modality_ids[expert_ids < 0].unique().tolist()})
+            raise ValueError(f"modalities {missing} belong to no group of config.moe_modality_groups")
+        return self.moe(hidden_states, expert_ids)
 
     def forward(
         self,
@@ -267,7 +328,7 @@ class OFAEncoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         if self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states))
+        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states, modality_ids))
         if not self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, weights
@@ -276,7 +337,7 @@ class OFAEncoderLayer(GradientCheckpointingLayer):
 class OFADecoderLayer(OFAEncoderLayer):
     """Causal self-attention, cross-attention over the encoder, feed-forward; each pre-LN with NormFormer LNs."""
 
-    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0):
+    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0, use_moe: bool = False):
         nn.Module.__init__(self)
         d = config.d_model
         self.normalize_before = config.normalize_before
@@ -286,13 +347,7 @@ class OFADecoderLayer(OFAEncoderLayer):
         self.cross_attn = OFAAttention(config, config.decoder_attention_heads, layer_idx, is_cross=True)
         self.cross_attn_layer_norm = nn.LayerNorm(d)
         self.cross_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self.fc1 = nn.Linear(d, config.decoder_ffn_dim)
-        self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
-        self.ffn_layer_norm = nn.LayerNorm(config.decoder_ffn_dim) if config.normformer else None
-        self.final_layer_norm = nn.LayerNorm(d)
-        self.activation_fn = ACT2FN[config.activation_function]
-        self.dropout = nn.Dropout(config.dropout)
-        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self._build_feed_forward(config, config.decoder_ffn_dim, use_moe)
         self.drop_path = DropPath(drop_path_rate)
 
     def _attention_block(self, attn, pre_norm, mid_norm, hidden_states, bias, output_attentions, **kwargs):
@@ -313,6 +368,7 @@ class OFADecoderLayer(OFAEncoderLayer):
         self_attn_bias: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         cross_attn_bias: torch.Tensor,
+        modality_ids: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool = False,
         use_cache: bool = False,
@@ -339,7 +395,7 @@ class OFADecoderLayer(OFAEncoderLayer):
         residual = hidden_states
         if self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states))
+        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states, modality_ids))
         if not self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, self_weights, cross_weights
@@ -367,6 +423,8 @@ class OFAPreTrainedModel(PreTrainedModel):
             init.ones_(module.c_attn)
         elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, OFAEncoderLayer) and isinstance(module.moe, ModalityMoE):
+            init.copy_(module.modality_to_expert, torch.tensor(self.config.modality_to_expert()))
         elif isinstance(module, (OFAEncoder, OFADecoder)):
             # Relative position tables start at zero (no bias until learned), as in the original.
             for table in (*module.token_rel_pos_table_list, *module.image_rel_pos_table_list):
@@ -443,7 +501,10 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
         rates = drop_path_rates(config.encoder_drop_path_rate, config.encoder_layers)
-        self.layers = nn.ModuleList([OFAEncoderLayer(config, i, rates[i]) for i in range(config.encoder_layers)])
+        moe = _moe_layers(config, config.encoder_layers)
+        self.layers = nn.ModuleList(
+            [OFAEncoderLayer(config, i, rates[i], i in moe) for i in range(config.encoder_layers)]
+        )
         self.layer_norm = nn.LayerNorm(d) if config.normalize_before else None
         self.gradient_checkpointing = False
         self.post_init()
@@ -711,7 +772,10 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         self.cross_pos_q_linear = nn.Linear(d, d)
         self.cross_pos_k_linear = nn.Linear(d, d)
         rates = drop_path_rates(config.decoder_drop_path_rate, config.decoder_layers)
-        self.layers = nn.ModuleList([OFADecoderLayer(config, i, rates[i]) for i in range(config.decoder_layers)])
+        moe = _moe_layers(config, config.decoder_layers)
+        self.layers = nn.ModuleList(
+            [OFADecoderLayer(config, i, rates[i], i in moe) for i in range(config.decoder_layers)]
+        )
         self.layer_norm = nn.LayerNorm(d) if config.normalize_before else None
         self.gradient_checkpointing = False
         self.post_init()
@@ -755,6 +819,7 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         encoder_position_embeddings: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         code_masks: torch.BoolTensor | None = None,
+        decoder_modality_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
@@ -774,6 +839,9 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
                 1 for real decoder tokens, 0 for padding; the causal mask is always applied.
             code_masks (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
                 True for samples whose target is a sequence of image codes.
+            decoder_modality_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                `MODALITIES` index of each sample's target slot, which routes the decoder's modality experts.
+                Defaults to IMAGE_CODE for `code_masks` samples and TEXT otherwise.
         """
         if encoder_outputs is not None:
             encoder_hidden_states = encoder_outputs.last_hidden_state
@@ -823,6 +891,13 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         else:
             x = self._text_ln(x)
         x = self.dropout(x)
+        if decoder_modality_ids is None:
+            decoder_modality_ids = torch.full((bsz,), MODALITIES.index("TEXT"), dtype=torch.long, device=device)
+            if use_codes:
+                decoder_modality_ids = decoder_modality_ids.masked_fill(
+                    select.view(bsz), MODALITIES.index("IMAGE_CODE")
+                )
+        modality_ids = decoder_modality_ids.view(bsz, 1).expand(bsz, tgt_len)  # (B, T): one modality per target
 
         hidden_states = (x,) if output_hidden_states else None
         self_attns = () if output_attentions else None
@@ -840,6 +915,7 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
                 bias,
                 encoder_hidden_states,
                 cross_bias,
+                modality_ids,
                 past_key_values=past_key_values,
                 output_attentions=bool(output_attentions),
                 use_cache=bool(use_cache),
@@ -916,6 +992,7 @@ class OFAModel(OFAPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         code_masks: torch.BoolTensor | None = None,
+        decoder_modality_ids: torch.LongTensor | None = None,
         encoder_outputs: OFAEncoderOutput | tuple | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
@@ -965,6 +1042,7 @@ class OFAModel(OFAPreTrainedModel):
             encoder_outputs=encoder_outputs,
             attention_mask=decoder_attention_mask,
             code_masks=code_masks,
+            decoder_modality_ids=decoder_modality_ids,
             past_key_values=past_key_values,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
@@ -1006,6 +1084,48 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; asking a dense checkpoint for `moe_type=...` upcycles it."""
+        moe_type = kwargs.get("moe_type", "none")
+        if moe_type != "none" and kwargs.get("config") is None:
+            config_kwargs = {
+                k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
+            }
+            stored = OFAConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+            if stored.moe_type == "none":
+                return cls.from_dense(pretrained_model_name_or_path, *model_args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def from_dense(cls, dense: OFAForConditionalGeneration | str, *model_args, **kwargs) -> OFAForConditionalGeneration:
+        """Upcycle a dense model (or its path) to mixture-of-experts: every expert starts as the dense FFN.
+
+        `moe_*` keyword arguments configure the experts (`moe_type` is required); the others go to
+        `from_pretrained` when `dense` is a path. Right after upcycling the model computes the dense model's
+        function (for `topk`, as long as no token exceeds an expert's capacity).
+        """
+        moe_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("moe_")}
+        if moe_kwargs.get("moe_type", "none") == "none":
+            raise ValueError("from_dense needs moe_type='modality' or moe_type='topk'")
+        if isinstance(dense, (str, os.PathLike)):
+            dense = super().from_pretrained(dense, *model_args, **kwargs)
+        if dense.config.moe_type != "none":
+            raise ValueError(f"the model to upcycle already has moe_type={dense.config.moe_type!r}")
+        config = OFAConfig.from_dict({**dense.config.to_dict(), **moe_kwargs})
+        model = cls(config).to(dtype=dense.dtype)
+        prefixes = [
+            f"model.{side}.layers.{i}"
+            for side, count in (("encoder", config.encoder_layers), ("decoder", config.decoder_layers))
+            for i in sorted(_moe_layers(config, count))
+        ]
+        state = dense_to_moe_state_dict(dense.state_dict(), prefixes, config.num_experts)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("moe.router.weight")]
+        if missing or unexpected:
+            raise ValueError(f"upcycling left parameters unmatched: missing {missing}, unexpected {unexpected}")
+        return model.train(dense.training)
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
@@ -1028,6 +1148,7 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         code_masks: torch.BoolTensor | None = None,
+        decoder_modality_ids: torch.LongTensor | None = None,
         encoder_outputs: OFAEncoderOutput | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
@@ -1039,7 +1160,7 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> Seq2SeqLMOutput:
+    ) -> OFASeq2SeqLMOutput:
         r"""
         Args:
             labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
@@ -1072,6 +1193,7 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             code_masks=code_masks,
+            decoder_modality_ids=decoder_modality_ids,
             encoder_outputs=encoder_outputs,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
@@ -1081,11 +1203,16 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+        # Load-balancing losses of learned routers (already weighted by config.moe_aux_loss_weight).
+        aux_loss = sum_aux_losses(self) if self.config.moe_type == "topk" else None
         loss = None
         if labels is not None:
             loss = self.loss(logits, labels, num_items_in_batch)
-        return Seq2SeqLMOutput(
+            if aux_loss is not None and self.training:
+                loss = loss + aux_loss
+        return OFASeq2SeqLMOutput(
             loss=loss,
+            aux_loss=aux_loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
             decoder_hidden_states=outputs.decoder_hidden_states,
