@@ -3,6 +3,13 @@
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from .configuration_ofa import EXTRA_MODALITIES, MODALITIES, MOE_TYPES, PRESETS, RESNET_LAYERS, OFAConfig
+from .convert import (
+    StateDictMismatchError,
+    check_state_dict,
+    convert_checkpoint,
+    convert_state_dict,
+    load_original_checkpoint,
+)
 from .modeling_ofa import (
     OFADecoder,
     OFAEncoder,
@@ -31,6 +38,11 @@ __all__ = [
     "MOE_TYPES",
     "PRESETS",
     "RESNET_LAYERS",
+    "StateDictMismatchError",
+    "check_state_dict",
+    "convert_checkpoint",
+    "convert_state_dict",
+    "load_original_checkpoint",
     "FeedForward",
     "ModalityMoE",
     "MoEStats",

@@ -62,6 +62,9 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
+TOKEN_BUCKET_SPAN = 1024  # positions over which the original spaces its text buckets
+
+
 def make_token_bucket_positions(bucket_size: int, max_position: int) -> torch.Tensor:
     """Relative text positions -> table rows, shape (max_position, max_position), values in [0, 2*bucket_size-2].
 
@@ -459,7 +462,10 @@ class _PositionTables(nn.Module):
     def position_buffers(self) -> dict[str, torch.Tensor]:
         config = self.config
         return {
-            "token_rp_bucket": make_token_bucket_positions(config.token_bucket_size, config.max_position_embeddings),
+            # The original always spaces the log buckets over 1024 positions, whatever the model's limit.
+            "token_rp_bucket": make_token_bucket_positions(
+                config.token_bucket_size, max(TOKEN_BUCKET_SPAN, config.max_position_embeddings)
+            ),
             "image_rp_bucket": make_image_bucket_positions(config.image_bucket_size),
         }
 
