@@ -1,0 +1,524 @@
+"""`OFAProcessor`: an instruction plus a dataset row in, model inputs and labels out; generated ids back to answers.
+
+Data flow (DESIGN section 3)::
+
+    instruction --parse_instruction--> TaskPlan (once per task)
+    row --encode(plan, row)--> one example: token ids, pixel values, fbank frames, ..., decoder ids and labels
+    examples --collate--> BatchFeature the model takes
+    generate() ids --post_process_generation--> text | closed-set label | boxes in pixels | objects | image codes
+
+Encoder side: every text-like slot (literal prompt text, TEXT, CATEGORY, PHONE, STRUCT, BOX, IMAGE_CODE) joins one
+token sequence `<s> ... </s>`, as OFASys merges them; each token keeps its slot's modality id for modality experts.
+IMAGE, VIDEO, AUDIO and MOTION slots become their own model inputs (at most one of each per template).
+
+Decoder side: the slots before the target (literal text, `no_loss` slots) are a teacher-forced prefix without loss
+(and a forced prefix at inference); the target slot is scored, then `</s>`. `decoder_input_ids` is `<s>` + prefix +
+target, `labels` is -100 per prefix token + target + `</s>`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
+
+from .audio import OFAAudioFeatureExtractor
+from .closed_set import ClosedSetLogitsProcessor, build_answer_trie
+from .collator import collate_examples
+from .image import OFAImageProcessor
+from .instruction import MODALITIES, RepeatGroup, Slot, TaskPlan, Template, parse_instruction
+from .location import bins_to_box, box_to_bins
+from .motion import MotionPreprocessor
+from .struct import StructPreprocessor
+from .text import OFAVocab, TextPreprocessor
+from .video import VideoPreprocessor
+
+__all__ = ["OFAProcessor", "ExampleError"]
+
+SPLITS = ("train", "eval", "test")  # corruptions (mask_ratio, noise_ratio) apply to "train" only
+_SEPARATE_INPUTS = {"IMAGE": "pixel_values", "VIDEO": "video_pixel_values", "AUDIO": "audio_features"}
+_SEPARATE_INPUTS["MOTION"] = "motion_features"
+
+
+class ExampleError(ValueError):
+    """A dataset row that cannot be encoded; the message names the task, the row and the column."""
+
+
+def _where(task: str | None, row_index: int | None, column: str | None) -> str:
+    parts = [f"task {task!r}" if task else None, f"row {row_index}" if row_index is not None else None]
+    parts.append(f"column {column!r}" if column else None)
+    return ", ".join(p for p in parts if p) or "input"
+
+
+class OFAProcessor(ProcessorMixin):
+    r"""
+    Turns OFASys-style instructions and dataset rows into OFA model inputs, and generations into typed answers.
+
+    Args:
+        image_processor (`OFAImageProcessor`):
+            Resizes and normalizes IMAGE slots and video frames.
+        tokenizer (`PreTrainedTokenizerFast`):
+            BPE tokenizer with the OFA layout: fairseq specials, BPE, `<mask>`, `<code_i>`, `<bin_i>`.
+        feature_extractor (`OFAAudioFeatureExtractor`, *optional*):
+            Log-mel frames for AUDIO slots (a default one is made if not given).
+        max_image_size (`int`, *optional*):
+            Boxes are normalized by this side before quantization (OFA pretraining: 512 with 384-px images).
+            Defaults to the image processor's output side.
+        max_source_length (`int`, defaults to 1024):
+            Longest encoder token sequence, `<s>` and `</s>` included; longer ones are truncated.
+        max_target_length (`int`, defaults to 1024):
+            Longest decoder sequence; longer targets are truncated (`</s>` kept).
+        video_num_frames (`int`, defaults to 4):
+            Frames sampled uniformly from every VIDEO slot.
+        motion_config (`dict`, *optional*):
+            `MotionPreprocessor` settings for MOTION slots.
+        struct_config (`dict`, *optional*):
+            `StructPreprocessor` settings for STRUCT slots.
+        task_instructions (`dict[str, str]`, *optional*):
+            Named instructions saved with the processor, so a published model carries the tasks it was trained on.
+        closed_sets (`dict[str, list[str]]`, *optional*):
+            Candidate answers per task name, for `closed_set` targets.
+    """
+
+    def __init__(
+        self,
+        image_processor: OFAImageProcessor | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        feature_extractor: OFAAudioFeatureExtractor | None = None,
+        max_image_size: int | None = None,
+        max_source_length: int = 1024,
+        max_target_length: int = 1024,
+        video_num_frames: int = 4,
+        motion_config: dict[str, Any] | None = None,
+        struct_config: dict[str, Any] | None = None,
+        task_instructions: dict[str, str] | None = None,
+        closed_sets: dict[str, list[str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if tokenizer is None:
+            raise ValueError("OFAProcessor needs a tokenizer with the OFA vocabulary layout")
+        image_processor = image_processor if image_processor is not None else OFAImageProcessor()
+        feature_extractor = feature_extractor if feature_extractor is not None else OFAAudioFeatureExtractor()
+        super().__init__(image_processor, tokenizer, feature_extractor, **kwargs)
+        self.max_image_size = max_image_size
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+        self.video_num_frames = video_num_frames
+        self.motion_config = dict(motion_config or {})
+        self.struct_config = dict(struct_config or {})
+        self.task_instructions = dict(task_instructions or {})
+        self.closed_sets = {k: list(v) for k, v in (closed_sets or {}).items()}
+        self.text = TextPreprocessor(tokenizer)
+        self.vocab: OFAVocab = self.text.vocab
+        self.video = VideoPreprocessor(video_num_frames, image_processor)
+        self.motion = MotionPreprocessor(**self.motion_config)
+        self.struct = StructPreprocessor(**self.struct_config)
+        for name, instruction in self.task_instructions.items():
+            try:  # fail when the processor is made or loaded, not at the first example
+                parse_instruction(instruction)
+            except ValueError as err:
+                raise ValueError(f"task_instructions[{name!r}] is malformed: {err}") from err
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Plans
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) images are resized to."""
+        size = self.image_processor.size
+        return int(size["width"]), int(size["height"])
+
+    @property
+    def box_normalizer(self) -> int:
+        return self.max_image_size or max(self.image_size)
+
+    def plan(self, instruction: str | TaskPlan) -> TaskPlan:
+        """A `TaskPlan` from an instruction, a saved task name, or a plan (returned as is)."""
+        if isinstance(instruction, TaskPlan):
+            return instruction
+        if instruction in self.task_instructions:
+            instruction = self.task_instructions[instruction]
+        return parse_instruction(instruction)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Encoding
+    # ------------------------------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        instruction: str | TaskPlan,
+        rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        split: str = "eval",
+        seed: int = 0,
+        task: str | None = None,
+        with_targets: bool | None = None,
+    ) -> BatchFeature:
+        """Encode one row (a mapping) or a list of rows and collate them into model inputs."""
+        plan = self.plan(instruction)
+        rows = [rows] if isinstance(rows, Mapping) else list(rows)
+        examples = [
+            self.encode(plan, row, split=split, seed=seed, row_index=i, task=task, with_targets=with_targets)
+            for i, row in enumerate(rows)
+        ]
+        return self.collate(examples)
+
+    def collate(self, examples: Sequence[dict[str, Any]]) -> BatchFeature:
+        """Pad and stack encoded examples (see `processing.collator.collate_examples`)."""
+        return collate_examples(examples, self.vocab.pad_id)
+
+    def encode(
+        self,
+        plan: TaskPlan | str,
+        row: Mapping[str, Any],
+        *,
+        split: str = "eval",
+        seed: int = 0,
+        row_index: int | None = None,
+        task: str | None = None,
+        with_targets: bool | None = None,
+    ) -> dict[str, Any]:
+        """Encode one dataset row with one of the plan's templates (drawn from `seed` and `row_index`).
+
+        Args:
+            plan: The task's plan (or an instruction).
+            row: Column name -> value. Encoder columns are required; decoder columns only for targets.
+            split: `"train"` applies the corrupting attributes (`mask_ratio`, `noise_ratio`); others do not.
+            seed, row_index: Make the template choice and the corruptions reproducible per example.
+            task: The task's name, for error messages.
+            with_targets: Encode the target (labels). Default: when the row has the target columns.
+
+        Returns:
+            A dict of per-example arrays (`input_ids`, `input_modality_ids`, `pixel_values`, ..., `decoder_input_ids`,
+            `labels`) and `meta` (what post-processing needs: template, prefix length, image sizes).
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is not one of {SPLITS}")
+        plan = self.plan(plan)
+        rng = np.random.default_rng([seed, row_index if row_index is not None else 0])
+        template_index = int(rng.integers(len(plan.templates)))
+        template = plan.templates[template_index]
+        if with_targets is None:
+            with_targets = all(col in row for col in template.target_columns)
+        ctx = _Context(self, row, split, rng, task, row_index)
+        try:
+            example = self._encode_sides(template, ctx, with_targets)
+        except ExampleError:
+            raise
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            raise ExampleError(f"{_where(task, row_index, ctx.column)}: {err}") from err
+        example["meta"]["template_index"] = template_index
+        return example
+
+    def encode_rows(
+        self,
+        plan: TaskPlan | str,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        on_error: str = "raise",
+        **kwargs: Any,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Encode many rows; with `on_error="skip"` bad rows are skipped, counted and warned about."""
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error={on_error!r} must be 'raise' or 'skip'")
+        plan, examples, skipped = self.plan(plan), [], 0
+        for i, row in enumerate(rows):
+            try:
+                examples.append(self.encode(plan, row, row_index=i, **kwargs))
+            except ExampleError as err:
+                if on_error == "raise":
+                    raise
+                skipped += 1
+                warnings.warn(f"skipped: {err}", stacklevel=2)
+        return examples, skipped
+
+    def _encode_sides(self, template: Template, ctx: _Context, with_targets: bool) -> dict[str, Any]:
+        example: dict[str, Any] = {"meta": {}}
+        # Non-text encoder slots first: a BOX slot needs the size of the image it refers to.
+        for slot in template.slots:
+            if slot.is_source and slot.modality in _SEPARATE_INPUTS:
+                ctx.encode_separate(slot, example)
+        tokens, modality_ids = ctx.encode_text_run(template.encoder, is_source=True)
+        body = tokens[: self.max_source_length - 2]
+        example["input_ids"] = [self.vocab.bos_id, *body, self.vocab.eos_id]
+        example["input_modality_ids"] = [0, *modality_ids[: len(body)], 0]
+
+        target = template.target_slot
+        if target is None:
+            raise ValueError(f"the instruction {template.text!r} has no target slot after '->'")
+        decoder = list(template.decoder)
+        position = decoder.index(target)
+        if any(not getattr(el, "is_plaintext", False) for el in decoder[position + 1 :]):
+            raise ValueError("slots after the target slot are not supported; the target must be the last data slot")
+        prefix, _ = ctx.encode_text_run(decoder[:position], is_source=False)
+        target_modality = (target.data_slots[0] if isinstance(target, RepeatGroup) else target).modality
+        example["decoder_modality_id"] = MODALITIES.index(target_modality)
+        example["code_mask"] = target_modality == "IMAGE_CODE"
+        example["meta"].update(prefix_length=len(prefix), target_modality=target_modality)
+        if not with_targets:
+            example["decoder_input_ids"] = [self.vocab.bos_id, *prefix]
+            return example
+        target_inputs, target_labels = ctx.encode_target(target, first=not prefix)
+        budget = self.max_target_length - 1 - len(prefix)
+        if budget < 1:
+            raise ValueError(f"the decoder prefix ({len(prefix)} tokens) leaves no room under max_target_length")
+        target_inputs, target_labels = target_inputs[:budget], target_labels[:budget]
+        example["decoder_input_ids"] = [self.vocab.bos_id, *prefix, *target_inputs]
+        example["labels"] = [-100] * len(prefix) + [*target_labels, self.vocab.eos_id]
+        return example
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation helpers and post-processing
+    # ------------------------------------------------------------------------------------------------------------
+
+    def closed_set_logits_processor(
+        self, candidates: Iterable[str], prefix_length: int = 0
+    ) -> ClosedSetLogitsProcessor:
+        """A `LogitsProcessor` that lets `generate()` produce only one of `candidates` (after a forced prefix)."""
+        trie = build_answer_trie(self.tokenizer, candidates, eos_token_id=self.vocab.eos_id)
+        return ClosedSetLogitsProcessor(
+            trie, eos_token_id=self.vocab.eos_id, pad_token_id=self.vocab.pad_id, prefix_length=prefix_length
+        )
+
+    def post_process_generation(
+        self,
+        sequences: Any,
+        plan: TaskPlan | str,
+        metas: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        candidates: Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Generated ids (B, T) -> one typed answer per row.
+
+        The answer's keys follow the target slot: `{"text"}` (TEXT, STRUCT, PHONE), `{"label", "in_set"}` (closed set
+        or CATEGORY), `{"box"}` (BOX, original-image pixels), `{"objects": [{"box", "label"}]}` (a repeated BOX/TEXT
+        group), `{"codes"}` (IMAGE_CODE). `metas` are the examples' `meta` dicts (image sizes, prefix length,
+        template); without them the first template, no prefix and the processor's image size are assumed.
+        """
+        plan = self.plan(plan)
+        rows = sequences.tolist() if hasattr(sequences, "tolist") else [list(r) for r in sequences]
+        candidate_set = set(candidates) if candidates is not None else None
+        answers = []
+        for i, ids in enumerate(rows):
+            meta = dict(metas[i]) if metas is not None else {}
+            template = plan.templates[meta.get("template_index", 0)]
+            answers.append(self._answer(self._target_ids(ids, meta), template.target_slot, meta, candidate_set))
+        return answers
+
+    def _target_ids(self, ids: list[int], meta: Mapping[str, Any]) -> list[int]:
+        """Strip `<s>`, the forced prefix, and everything from `</s>` on."""
+        if ids and ids[0] == self.vocab.bos_id:
+            ids = ids[1:]
+        ids = ids[meta.get("prefix_length", 0) :]
+        if self.vocab.eos_id in ids:
+            ids = ids[: ids.index(self.vocab.eos_id)]
+        return [t for t in ids if t != self.vocab.pad_id]
+
+    def _answer(self, ids: list[int], target, meta: Mapping[str, Any], candidates: set[str] | None):
+        if isinstance(target, RepeatGroup):
+            return {"objects": self._objects(ids, meta)}
+        if target.modality == "BOX":
+            bins = [t - self.vocab.bin_offset for t in ids if self.vocab.is_bin(t)][:4]
+            return {"box": self._bins_to_box(bins, meta) if len(bins) == 4 else None}
+        if target.modality == "IMAGE_CODE":
+            return {"codes": [t - self.vocab.code_offset for t in ids if self.vocab.is_code(t)]}
+        text = self.text.decode([t for t in ids if not (self.vocab.is_bin(t) or self.vocab.is_code(t))])
+        if target.closed_set or target.modality == "CATEGORY":
+            return {"label": text, "in_set": None if candidates is None else text in candidates}
+        return {"text": text}
+
+    def _bins_to_box(self, bins: list[int], meta: Mapping[str, Any]) -> list[float]:
+        width, height = meta.get("image_size", self.image_size)
+        box = bins_to_box(
+            bins,
+            image_size=(width, height),
+            resized_size=meta.get("resized_size", self.image_size),
+            max_image_size=self.box_normalizer,
+            num_bins=self.vocab.num_bins,
+        )
+        return [float(v) for v in box]
+
+    def _objects(self, ids: list[int], meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Detection output: runs of 4 bins, each followed by label tokens up to the next bin."""
+        objects, i = [], 0
+        while i + 4 <= len(ids):
+            if not all(self.vocab.is_bin(t) for t in ids[i : i + 4]):
+                i += 1
+                continue
+            bins = [t - self.vocab.bin_offset for t in ids[i : i + 4]]
+            j = i + 4
+            while j < len(ids) and not self.vocab.is_bin(ids[j]):
+                j += 1
+            objects.append({"box": self._bins_to_box(bins, meta), "label": self.text.decode(ids[i + 4 : j])})
+            i = j
+        return objects
+
+
+class _Context:
+    """Encoding state of one row: the processor, the row, the split, the example's random stream, error context."""
+
+    def __init__(self, processor: OFAProcessor, row, split: str, rng, task: str | None, row_index: int | None):
+        self.p, self.row, self.split, self.rng = processor, row, split, rng
+        self.task, self.row_index, self.column = task, row_index, None
+        self.image_size: tuple[int, int] | None = None  # (width, height) of the row's image, for BOX slots
+
+    def value(self, slot: Slot, item: int | None = None) -> Any:
+        self.column = slot.column
+        if slot.column not in self.row:
+            raise ExampleError(
+                f"{_where(self.task, self.row_index, slot.column)}: the row has no column {slot.column!r} "
+                f"(it has {sorted(self.row)})"
+            )
+        value = self.row[slot.column]
+        if item is not None:
+            value = value[item]
+        if value is None:
+            raise ExampleError(f"{_where(self.task, self.row_index, slot.column)}: the value is None")
+        return value
+
+    @property
+    def where(self) -> str:
+        return _where(self.task, self.row_index, self.column)
+
+    # Separate model inputs -------------------------------------------------------------------------------------
+
+    def encode_separate(self, slot: Slot, example: dict[str, Any]) -> None:
+        key = _SEPARATE_INPUTS[slot.modality]
+        if key in example:
+            raise ValueError(f"only one {slot.modality} slot per instruction is supported")
+        value = self.value(slot)
+        if slot.modality == "IMAGE":
+            out = self.p.image_processor(value, where=self.where)
+            example["pixel_values"] = out["pixel_values"][0]
+            height, width = (int(v) for v in out["original_sizes"][0])
+            self.image_size = (width, height)
+            example["meta"].update(image_size=(width, height), resized_size=self.p.image_size)
+            ratio = slot.attr("mask_ratio", 0.0)
+            if ratio and self.split == "train":
+                example["pixel_values"] = _mask_image_centre(example["pixel_values"], ratio)
+        elif slot.modality == "VIDEO":
+            out = self.p.video(value, where=self.where)
+            example["video_pixel_values"] = out["pixel_values"]
+            example["video_frame_indices"] = np.arange(len(out["frame_indices"]))
+        elif slot.modality == "AUDIO":
+            out = self.p.feature_extractor(
+                [value], max_length=slot.attr("max_length"), where=self.where, return_tensors="np"
+            )
+            length = int(out["attention_mask"][0].sum())
+            example["audio_features"] = out["input_features"][0][:length]
+        else:  # MOTION
+            out = self.p.motion(
+                value, max_length=slot.attr("max_length"), min_length=slot.attr("min_length"), where=self.where
+            )
+            example["motion_features"] = out["motion_features"]
+
+    # Token runs ------------------------------------------------------------------------------------------------
+
+    def encode_text_run(self, elements, *, is_source: bool) -> tuple[list[int], list[int]]:
+        """Concatenate the token slots of one side (skipping IMAGE/VIDEO/AUDIO/MOTION); ids and modality ids."""
+        tokens: list[int] = []
+        modality_ids: list[int] = []
+        for element in elements:
+            slots = [element] if isinstance(element, Slot) else None
+            if slots is None:  # a repeat group: its slots once per item of its list columns
+                for item in range(self.group_length(element)):
+                    for slot in element.slots:
+                        ids = self.slot_tokens(slot, first=not tokens, item=item, noisy=is_source)
+                        tokens += ids
+                        modality_ids += [MODALITIES.index(slot.modality)] * len(ids)
+                continue
+            if element.modality in _SEPARATE_INPUTS:
+                if not is_source:
+                    raise ValueError(f"{element.modality} slots cannot be decoder inputs")
+                continue
+            ids = self.slot_tokens(element, first=not tokens, noisy=is_source)
+            tokens += ids
+            modality_ids += [MODALITIES.index(element.modality)] * len(ids)
+        return tokens, modality_ids
+
+    def group_length(self, group: RepeatGroup) -> int:
+        lengths = {}
+        for slot in group.data_slots:
+            value = self.value(slot)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                raise ValueError(f"a repeated slot needs a list value, got {type(value).__name__}")
+            lengths[slot.column] = len(value)
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"the lists of a repeated group differ in length: {lengths}")
+        return next(iter(lengths.values()))
+
+    def slot_tokens(self, slot: Slot, *, first: bool, item: int | None = None, noisy: bool = True) -> list[int]:
+        """Token ids of one token slot (no bos/eos). `first`: the first text of its side (leading-space rule)."""
+        p = self.p
+        leading_space = first or slot.space_before
+        if slot.is_plaintext:
+            return p.text.encode(slot.text, leading_space=leading_space)
+        value = self.value(slot, item)
+        if slot.modality == "BOX":
+            if self.image_size is None:
+                raise ValueError("a BOX slot needs an IMAGE slot in the same instruction (its pixels give the box)")
+            bins = box_to_bins(
+                _as_box(value),
+                image_size=self.image_size,
+                resized_size=p.image_size,
+                max_image_size=p.box_normalizer,
+                num_bins=p.vocab.num_bins,
+            )
+            return [p.vocab.bin_id(b) for b in bins]
+        if slot.modality == "IMAGE_CODE":
+            codes = [int(c) for c in np.asarray(value).reshape(-1)][: slot.attr("length")]
+            return [p.vocab.code_id(c) for c in codes]
+        if slot.modality == "STRUCT":
+            value = p.struct.linearize(value, uncased=bool(slot.attr("uncased", False)), where=self.where)
+        elif not isinstance(value, str):
+            value = str(value)  # CATEGORY labels may be ints
+        ids = p.text.encode(
+            value,
+            uncased=bool(slot.attr("uncased", False)),
+            no_punctuation=bool(slot.attr("no_punctuation", False)),
+            max_length=slot.attr("max_length"),
+            leading_space=leading_space,
+        )
+        if noisy and self.split == "train":
+            if slot.attr("mask_ratio"):
+                ids = p.text.mask_spans(ids, slot.attr("mask_ratio"), self.rng)
+            if slot.attr("noise_ratio"):
+                ids = p.text.add_noise(ids, slot.attr("noise_ratio"), self.rng)
+        return ids
+
+    def encode_target(self, target, *, first: bool) -> tuple[list[int], list[int]]:
+        """Decoder inputs and labels of the target slot; `noise_ratio` noises the inputs only (OFASys)."""
+        if isinstance(target, RepeatGroup):
+            tokens, _ = self.encode_text_run([target], is_source=False)
+            return tokens, tokens
+        if target.modality in _SEPARATE_INPUTS:
+            raise ValueError(
+                f"{target.modality} targets are not generated by this model; image generation targets are "
+                "[IMAGE_CODE:column] (VQ code ids)"
+            )
+        labels = self.slot_tokens(target, first=first, noisy=False)
+        inputs = labels
+        if self.split == "train" and target.attr("noise_ratio"):
+            inputs = self.p.text.add_noise(labels, target.attr("noise_ratio"), self.rng)
+        return inputs, labels
+
+
+def _as_box(value: Any) -> list[float]:
+    """A box from a sequence of four numbers or an OFASys string `"x0,y0,x1,y1"`."""
+    if isinstance(value, str):
+        value = value.replace(" ", "").split(",")
+    return [float(v) for v in value]
+
+
+def _mask_image_centre(pixels, ratio: float):
+    """Image infilling: zero the central `ratio` of each side (OFASys `mask_ratio` on IMAGE slots)."""
+    pixels = pixels.clone()
+    _, height, width = pixels.shape
+    h, w = int(height * ratio), int(width * ratio)
+    top, left = (height - h) // 2, (width - w) // 2
+    pixels[:, top : top + h, left : left + w] = 0
+    return pixels
