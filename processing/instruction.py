@@ -54,6 +54,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+# Slot modalities: OFASys's nine `ModalityType` names in their enum order, then IMAGE_CODE (VQ image codes). The
+# model numbers positions by the same table, so it lives with the model's configuration.
+from modeling_ofa.configuration_ofa import MODALITIES
+
 __all__ = [
     "ATTRIBUTES",
     "MODALITIES",
@@ -66,19 +70,6 @@ __all__ = [
     "parse_instruction",
 ]
 
-MODALITIES: tuple[str, ...] = (
-    "TEXT",
-    "IMAGE",
-    "BOX",
-    "AUDIO",
-    "MOTION",
-    "PHONE",
-    "VIDEO",
-    "STRUCT",
-    "CATEGORY",
-    "IMAGE_CODE",
-)
-"""Slot modalities: OFASys's nine `ModalityType` names in their enum order, then `IMAGE_CODE` (VQ image codes)."""
 
 AttrValue = bool | int | float | str
 
