@@ -39,8 +39,8 @@ RESNET_LAYERS: dict[str, tuple[int, int, int]] = {
     "resnet152": (3, 8, 36),
 }
 
-# The published OFA sizes (OFA-Sys `models/ofa/ofa.py`), as `OFAConfig` arguments. Parameter counts: 33M, 93M,
-# 180M, 470M and 930M. Fields not named here take the `OFAConfig` defaults, which are the shared OFA settings.
+# The published OFA sizes (OFA-Sys `models/ofa/ofa.py`), as `OFAConfig` arguments, plus the demo model. Parameter
+# counts: 33M, 93M, 180M, 470M and 930M. Fields not named here take the `OFAConfig` defaults, the shared OFA settings.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         d_model=256,
@@ -81,6 +81,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         encoder_layers=12,
         decoder_layers=12,
         resnet_type="resnet152",
+    ),
+    # Not a published size: the OFA+ model of the offline multi-task demo, small enough to learn seven modalities
+    # in minutes on a CPU (64-px images -> a 4x4 patch grid; the vocabulary size comes from the demo tokenizer).
+    "demo": dict(
+        d_model=128,
+        encoder_ffn_dim=512,
+        decoder_ffn_dim=512,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_layers=2,
+        decoder_layers=2,
+        resnet_type="resnet18",
+        max_position_embeddings=256,
+        image_bucket_size=8,
+        code_image_size=64,
+        extra_modalities=["AUDIO", "VIDEO", "MOTION"],
+        motion_feature_size=10,
+        max_video_frames=8,
+        moe_type="modality",
+        moe_modality_groups=[
+            ["TEXT", "PHONE", "CATEGORY"],
+            ["IMAGE", "VIDEO", "IMAGE_CODE"],
+            ["BOX"],
+            ["AUDIO"],
+            ["MOTION"],
+            ["STRUCT"],
+        ],
+        dropout=0.1,
     ),
     "huge": dict(
         d_model=1280,

@@ -94,12 +94,21 @@ def test_shift_tokens_right():
 PUBLISHED_PARAMS = {"tiny": 33e6, "medium": 93e6, "base": 180e6, "large": 470e6, "huge": 930e6}
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
 def test_preset_parameter_counts(name):
     with torch.device("meta"):
         model = OFAForConditionalGeneration(OFAConfig.from_preset(name))
     count = sum(p.numel() for p in model.parameters())  # tied embeddings are one parameter
     assert abs(count / PUBLISHED_PARAMS[name] - 1) < 0.03, f"{name}: {count / 1e6:.1f}M"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds(name):
+    with torch.device("meta"):
+        model = OFAForConditionalGeneration(OFAConfig.from_preset(name))
+    assert model.config.d_model == PRESETS[name]["d_model"]
+    if name == "demo":
+        assert model.config.moe_type == "modality" and model.get_encoder().adapters.keys() == {"AUDIO", "MOTION"}
 
 
 def test_from_preset_overrides_and_errors():
