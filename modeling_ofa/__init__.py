@@ -31,6 +31,14 @@ from .moe import (
     sum_aux_losses,
     upcycle_dense_ffn,
 )
+from .peft_utils import (
+    LORA_TARGET_GROUPS,
+    OFA_LORA_TARGET_MODULES,
+    TaskAdapters,
+    get_ofa_peft_model,
+    ofa_lora_config,
+    register_peft_defaults,
+)
 
 __all__ = [
     "EXTRA_MODALITIES",
@@ -43,6 +51,12 @@ __all__ = [
     "convert_checkpoint",
     "convert_state_dict",
     "load_original_checkpoint",
+    "LORA_TARGET_GROUPS",
+    "OFA_LORA_TARGET_MODULES",
+    "TaskAdapters",
+    "get_ofa_peft_model",
+    "ofa_lora_config",
+    "register_peft_defaults",
     "FeedForward",
     "ModalityMoE",
     "MoEStats",

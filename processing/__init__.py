@@ -33,6 +33,7 @@ from .location import (
     tokens_to_box,
 )
 from .motion import MotionPreprocessor
+from .pipeline import OFAInstructionPipeline
 from .processing_ofa import ExampleError, OFAProcessor
 from .struct import StructPreprocessor
 from .text import OFAVocab, TextPreprocessor, add_ofa_tokens, code_token, train_demo_tokenizer
@@ -49,6 +50,7 @@ __all__ = [
     "MotionPreprocessor",
     "OFAAudioFeatureExtractor",
     "OFAImageProcessor",
+    "OFAInstructionPipeline",
     "OFAProcessor",
     "OFAVocab",
     "RepeatGroup",

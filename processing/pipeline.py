@@ -1,0 +1,280 @@
+"""`OFAInstructionPipeline`: `pipeline("ofa-instruction", model=...)`, an instruction and a row in, a typed answer out.
+
+```python
+import modeling_ofa, processing  # registers OFA with the Auto classes and this pipeline with pipeline()
+from transformers import pipeline
+
+ofa = pipeline("ofa-instruction", model="path/or/repo")
+ofa({"img": image}, instruction="[IMAGE:img] what does the image describe? -> [TEXT:cap]")  # {"text": "..."}
+ofa("caption", {"img": image})                    # a task name saved in the processor, instruction first
+ofa([row1, row2, row3], instruction="vqa", batch_size=2, num_beams=3)
+ofa = pipeline("ofa-instruction", model=adapters.model, processor=processor, task_adapters=adapters)  # LoRA per task
+```
+
+Inputs: a row (column name -> value, as in a dataset) or a list of rows, plus the instruction (an OFASys instruction
+or the name of a task in `processor.task_instructions`). Target columns in a row are ignored. The answer of each row is
+`OFAProcessor.post_process_generation`'s dict: `{"text"}`, `{"label", "in_set"}`, `{"box"}`, `{"objects"}` or
+`{"codes"}`, following the target slot.
+
+Closed sets: a `closed_set` target decodes only among `candidates=[...]`, or the task's saved
+`processor.closed_sets[name]` when the instruction is a task name; with neither, the call is an error. `max_new_tokens`
+is raised, if needed, so that the longest candidate always fits.
+
+Batching (`batch_size=N`): rows are encoded one by one, then each batch is split by decoder-prefix length (rows whose
+forced decoder prefix differs in length, e.g. an SNLI-VE prompt echoing the hypothesis, cannot share a `generate`
+call) and every group is generated on its own. Generation arguments (`num_beams`, `max_new_tokens`, ...) can be given
+to `pipeline(...)` or per call. Rows are preprocessed in the main process (`num_workers` is not used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from transformers import AutoModelForSeq2SeqLM, GenerationConfig, Pipeline
+from transformers.generation import LogitsProcessorList
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .closed_set import CandidateTrie, ClosedSetLogitsProcessor, build_answer_trie
+from .instruction import RepeatGroup, TaskPlan
+from .processing_ofa import OFAProcessor
+
+__all__ = ["PIPELINE_TASK", "OFAInstructionPipeline"]
+
+PIPELINE_TASK = "ofa-instruction"
+
+_GENERATION_KEYS = frozenset(k for k in vars(GenerationConfig()) if not k.startswith("_")) | {"logits_processor"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """What one call decodes: the plan (one template), the task name if any, the closed set if any."""
+
+    plan: TaskPlan
+    task: str | None
+    candidates: tuple[str, ...] | None
+
+
+class OFAInstructionPipeline(Pipeline):
+    r"""
+    Run an OFA model on one-line OFASys instructions: `pipe(row_or_rows, instruction=...)` or `pipe(instruction, rows)`.
+
+    Build it with `pipeline("ofa-instruction", model=path)` (after `import processing`), or directly with a model and
+    an `OFAProcessor`. See the module docstring for inputs, outputs, closed sets and batching.
+
+    Args:
+        task_adapters (`modeling_ofa.peft_utils.TaskAdapters`, *optional*):
+            Per-task LoRA adapters on the model (`model=task_adapters.model`): each call activates the adapter of its
+            task, so the instruction must be the name of a task that has one.
+
+    Call arguments:
+        instruction (`str`): An instruction, or a task name saved in `processor.task_instructions`. Optional when the
+            processor holds exactly one task.
+        candidates (`Sequence[str]`, *optional*): The closed set for this call.
+        template (`int`, defaults to 0): Which `|||` alternative of the instruction to use.
+        generate_kwargs (`dict`, *optional*), or generation arguments as keywords: passed to `generate()`.
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _pipeline_calls_generate = True
+    # OFA's answers are short; captions and detection lists fit. Image-code targets need `max_new_tokens` raised.
+    _default_generation_config = GenerationConfig(max_new_tokens=64)
+
+    def __init__(self, *args: Any, task_adapters: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if task_adapters is not None and task_adapters.model is not self.model:
+            raise ValueError("task_adapters.model must be the pipeline's model: pass model=task_adapters.model")
+        self.task_adapters = task_adapters
+        if not isinstance(self.processor, OFAProcessor):
+            raise TypeError(
+                f"the {PIPELINE_TASK!r} pipeline needs an OFAProcessor, got {type(self.processor).__name__}; save one "
+                "next to the model (processor.save_pretrained) or pass processor=..."
+            )
+        self._last_trie: tuple[tuple[str, ...], CandidateTrie, int] | None = None
+
+    # -- calling ---------------------------------------------------------------------------------------------------
+
+    def __call__(self, inputs: Any, rows: Any = None, **kwargs: Any) -> Any:
+        """`pipe(row | rows, instruction=..., ...)` or `pipe(instruction, row | rows, ...)`.
+
+        Returns one answer dict for a row, a list of them for a list of rows, an iterator for a dataset or generator.
+        """
+        if isinstance(inputs, str):
+            if rows is None:
+                raise ValueError(f"pipe({inputs!r}, rows): the rows (column -> value mappings) are missing")
+            if "instruction" in kwargs:
+                raise TypeError("the instruction was given twice: positionally and as instruction=")
+            inputs, kwargs["instruction"] = rows, inputs
+        elif rows is not None:
+            raise TypeError("a second positional argument (rows) is accepted only after an instruction string")
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            return []
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        instruction: str | TaskPlan | None = None,
+        candidates: Iterable[str] | None = None,
+        template: int | None = None,
+        generate_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        unknown = sorted(set(kwargs) - _GENERATION_KEYS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown arguments {unknown}; generation arguments are accepted")
+        preprocess: dict[str, Any] = {}
+        if instruction is not None:
+            preprocess["instruction"] = instruction
+        if candidates is not None:
+            if isinstance(candidates, str):
+                raise TypeError("candidates must be a list of answers, not one string")
+            preprocess["candidates"] = tuple(candidates)
+        if template is not None:
+            preprocess["template"] = template
+        forward: dict[str, Any] = {}
+        if generate_kwargs is not None or kwargs:
+            both = sorted(set(generate_kwargs or {}) & set(kwargs))
+            if both:
+                raise TypeError(f"{both} given both as keywords and in generate_kwargs")
+            forward["generate_kwargs"] = {**(generate_kwargs or {}), **kwargs}
+        return preprocess, forward, {}
+
+    # -- the three stages ------------------------------------------------------------------------------------------
+
+    def preprocess(
+        self,
+        row: Mapping[str, Any],
+        instruction: str | TaskPlan | None = None,
+        candidates: tuple[str, ...] | None = None,
+        template: int = 0,
+    ) -> dict[str, Any]:
+        if not isinstance(row, Mapping):
+            raise TypeError(f"each input must be a row (a mapping of column -> value), got {type(row).__name__}")
+        request = self._request(instruction, candidates, template)
+        example = self.processor.encode(request.plan, row, with_targets=False, task=request.task)
+        return {"examples": [example], "request": request}
+
+    def _forward(self, model_inputs: dict[str, Any], generate_kwargs: Mapping[str, Any] | None = None) -> dict:
+        examples, request = model_inputs["examples"], model_inputs["request"]
+        if self.task_adapters is not None:
+            if request.task not in self.task_adapters.tasks:
+                raise ValueError(
+                    f"task {request.task!r} has no adapter (tasks with adapters: {self.task_adapters.tasks}); with "
+                    "task_adapters, give the instruction as the name of one of them"
+                )
+            self.task_adapters.activate(request.task)
+        generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}))
+        per_row = generate_kwargs.get("num_return_sequences") or 1
+        sequences: list[list[list[int]] | None] = [None] * len(examples)
+        # Rows whose forced decoder prefix has one length share a generate() call.
+        groups: dict[int, list[int]] = {}
+        for i, example in enumerate(examples):
+            groups.setdefault(len(example["decoder_input_ids"]), []).append(i)
+        for indices in groups.values():
+            batch = self.processor.collate([examples[i] for i in indices]).to(self.device)
+            kwargs = dict(generate_kwargs)
+            if request.candidates is not None:
+                prefix_length = examples[indices[0]]["meta"]["prefix_length"]
+                trie, longest = self._trie(request.candidates)
+                if kwargs.get("max_new_tokens") is not None:  # never cut a candidate short
+                    kwargs["max_new_tokens"] = max(kwargs["max_new_tokens"], longest)
+                closed_set = ClosedSetLogitsProcessor(
+                    trie,
+                    eos_token_id=self.processor.vocab.eos_id,
+                    pad_token_id=self.processor.vocab.pad_id,
+                    prefix_length=prefix_length,
+                )
+                kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), closed_set])
+            rows = self.model.generate(**batch, **kwargs).tolist()  # (len(indices) * per_row, T)
+            for j, i in enumerate(indices):
+                sequences[i] = rows[j * per_row : (j + 1) * per_row]
+        return {"sequences": sequences, "metas": [ex["meta"] for ex in examples], "request": request}
+
+    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        (sequences,), (meta,) = model_outputs["sequences"], model_outputs["metas"]
+        request: _Request = model_outputs["request"]
+        answers = self.processor.post_process_generation(
+            sequences, request.plan, [meta] * len(sequences), candidates=request.candidates
+        )
+        return answers[0] if len(answers) == 1 else answers
+
+    # -- batching: our own loop, since OFA batches are collated by the processor and split by prefix length -------
+
+    def get_iterator(
+        self,
+        inputs: Iterable[Mapping[str, Any]],
+        num_workers: int,
+        batch_size: int,
+        preprocess_params: dict[str, Any],
+        forward_params: dict[str, Any],
+        postprocess_params: dict[str, Any],
+    ) -> Iterator[dict[str, Any] | list[dict[str, Any]]]:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        return self._iterate(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
+
+    def _iterate(self, inputs, batch_size, preprocess_params, forward_params, postprocess_params):
+        chunk: list[dict[str, Any]] = []
+        for row in inputs:
+            chunk.append(self.preprocess(row, **preprocess_params))
+            if len(chunk) == batch_size:
+                yield from self._run_chunk(chunk, forward_params, postprocess_params)
+                chunk = []
+        if chunk:
+            yield from self._run_chunk(chunk, forward_params, postprocess_params)
+
+    def _run_chunk(self, chunk: Sequence[dict[str, Any]], forward_params, postprocess_params):
+        request = chunk[0]["request"]
+        outputs = self.forward(
+            {"examples": [item["examples"][0] for item in chunk], "request": request}, **forward_params
+        )
+        for sequences, meta in zip(outputs["sequences"], outputs["metas"]):
+            yield self.postprocess(
+                {"sequences": [sequences], "metas": [meta], "request": request}, **postprocess_params
+            )
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def _request(self, instruction: str | TaskPlan | None, candidates: tuple[str, ...] | None, template: int):
+        processor: OFAProcessor = self.processor
+        if instruction is None:
+            if len(processor.task_instructions) != 1:
+                raise ValueError(
+                    "no instruction: pass instruction=... (an instruction or one of the saved tasks "
+                    f"{sorted(processor.task_instructions)})"
+                )
+            instruction = next(iter(processor.task_instructions))
+        task = instruction if isinstance(instruction, str) and instruction in processor.task_instructions else None
+        plan = processor.plan(instruction)
+        if isinstance(template, bool) or not isinstance(template, int) or not 0 <= template < len(plan.templates):
+            raise ValueError(f"template={template!r}: the instruction has {len(plan.templates)} template(s)")
+        plan = dataclasses.replace(plan, templates=(plan.templates[template],))
+        target = plan.templates[0].target_slot
+        if candidates is None and task is not None and task in processor.closed_sets:
+            candidates = tuple(processor.closed_sets[task])
+        if candidates is not None and not candidates:
+            raise ValueError("candidates is empty: a closed set needs at least one answer")
+        if candidates is None and target is not None and not isinstance(target, RepeatGroup) and target.closed_set:
+            raise ValueError(
+                f"the target of {plan.instruction!r} is a closed set but no candidates are known: pass candidates=[...]"
+                " or save them in processor.closed_sets under the task's name"
+            )
+        return _Request(plan=plan, task=task, candidates=candidates)
+
+    def _trie(self, candidates: tuple[str, ...]) -> tuple[CandidateTrie, int]:
+        """The closed set's trie and its longest answer in tokens (`</s>` included), built once per closed set."""
+        if self._last_trie is None or self._last_trie[0] != candidates:
+            trie = build_answer_trie(self.processor.tokenizer, candidates, eos_token_id=self.processor.vocab.eos_id)
+            self._last_trie = (candidates, trie, max(len(sequence) for sequence in trie))
+        return self._last_trie[1], self._last_trie[2]
+
+
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK, pipeline_class=OFAInstructionPipeline, pt_model=AutoModelForSeq2SeqLM
+)
