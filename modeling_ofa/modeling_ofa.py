@@ -794,8 +794,11 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         window = config.code_image_size // 8
         grid = image_grid_position_ids(window, window, config.image_bucket_size)
         fill = max(config.max_position_embeddings + 2 - 1 - grid.numel(), 0)
+        # The original fills with id 1024, a row that exists only when image_bucket_size >= 33; smaller tables use
+        # their last row.
+        filler = min(1024, config.image_bucket_size**2)
         buffers["image_position_idx"] = torch.cat(
-            [torch.zeros(1, dtype=torch.long), grid, grid.new_full((fill,), 1024)]
+            [torch.zeros(1, dtype=torch.long), grid, grid.new_full((fill,), filler)]
         )
         return buffers
 
