@@ -1218,6 +1218,10 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss(logits, labels, num_items_in_batch)
             if aux_loss is not None and self.training:
+                if num_items_in_batch is not None:
+                    # Accumulated micro-batches: weigh the router loss by this micro-batch's share of the scored
+                    # tokens, as the token loss is, so a step adds it once rather than once per micro-batch.
+                    aux_loss = aux_loss * labels.ne(-100).sum() / num_items_in_batch
                 loss = loss + aux_loss
         return OFASeq2SeqLMOutput(
             loss=loss,

@@ -36,7 +36,7 @@ from transformers import AutoModelForSeq2SeqLM, GenerationConfig, Pipeline
 from transformers.generation import LogitsProcessorList
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .closed_set import CandidateTrie, ClosedSetLogitsProcessor, build_answer_trie
+from .closed_set import CandidateTrie, ClosedSetLogitsProcessor
 from .instruction import RepeatGroup, TaskPlan
 from .processing_ofa import OFAProcessor
 
@@ -180,8 +180,9 @@ class OFAInstructionPipeline(Pipeline):
             batch = self.processor.collate([examples[i] for i in indices]).to(self.device)
             kwargs = dict(generate_kwargs)
             if request.candidates is not None:
-                prefix_length = examples[indices[0]]["meta"]["prefix_length"]
-                trie, longest = self._trie(request.candidates)
+                meta = examples[indices[0]]["meta"]
+                prefix_length, template = meta["prefix_length"], meta["template_index"]
+                trie, longest = self._trie(request, template, prefix_length)
                 if kwargs.get("max_new_tokens") is not None:  # never cut a candidate short
                     kwargs["max_new_tokens"] = max(kwargs["max_new_tokens"], longest)
                 closed_set = ClosedSetLogitsProcessor(
@@ -267,11 +268,14 @@ class OFAInstructionPipeline(Pipeline):
             )
         return _Request(plan=plan, task=task, candidates=candidates)
 
-    def _trie(self, candidates: tuple[str, ...]) -> tuple[CandidateTrie, int]:
+    def _trie(self, request: _Request, template: int, prefix_length: int) -> tuple[CandidateTrie, int]:
         """The closed set's trie and its longest answer in tokens (`</s>` included), built once per closed set."""
-        if self._last_trie is None or self._last_trie[0] != candidates:
-            trie = build_answer_trie(self.processor.tokenizer, candidates, eos_token_id=self.processor.vocab.eos_id)
-            self._last_trie = (candidates, trie, max(len(sequence) for sequence in trie))
+        key = (request.plan, request.candidates, template, prefix_length == 0)
+        if self._last_trie is None or self._last_trie[0] != key:
+            trie = self.processor.closed_set_trie(
+                request.candidates, request.plan, template_index=template, prefix_length=prefix_length
+            )
+            self._last_trie = (key, trie, max(len(sequence) for sequence in trie))
         return self._last_trie[1], self._last_trie[2]
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from .audio import OFAAudioFeatureExtractor
-from .closed_set import ClosedSetLogitsProcessor, build_answer_trie
+from .closed_set import CandidateTrie, ClosedSetLogitsProcessor
 from .collator import collate_examples
 from .image import OFAImageProcessor
 from .instruction import MODALITIES, RepeatGroup, Slot, TaskPlan, Template, parse_instruction
@@ -275,11 +275,48 @@ class OFAProcessor(ProcessorMixin):
     # Generation helpers and post-processing
     # ------------------------------------------------------------------------------------------------------------
 
+    def closed_set_trie(
+        self,
+        candidates: Iterable[str],
+        plan: TaskPlan | str | None = None,
+        *,
+        template_index: int = 0,
+        prefix_length: int = 0,
+    ) -> CandidateTrie:
+        """The trie of a closed answer set, each answer encoded exactly as the target slot encodes it in training
+        (its `uncased`/`no_punctuation`/`max_length` attributes and the leading-space rule), then `</s>`."""
+        target = self.plan(plan).templates[template_index].target_slot if plan is not None else None
+        attrs = (
+            {}
+            if not isinstance(target, Slot)
+            else dict(
+                uncased=bool(target.attr("uncased", False)),
+                no_punctuation=bool(target.attr("no_punctuation", False)),
+                max_length=target.attr("max_length"),
+            )
+        )
+        leading_space = prefix_length == 0 or not isinstance(target, Slot) or target.space_before
+        if isinstance(candidates, str) or not candidates:
+            raise ValueError(f"candidates must be a non-empty list of answers, got {candidates!r}")
+        sequences = []
+        for answer in candidates:
+            try:
+                sequences.append([*self.text.encode(answer, leading_space=leading_space, **attrs), self.vocab.eos_id])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"closed-set candidate {answer!r}: {err}") from err
+        return CandidateTrie(sequences)
+
     def closed_set_logits_processor(
-        self, candidates: Iterable[str], prefix_length: int = 0
+        self,
+        candidates: Iterable[str],
+        prefix_length: int = 0,
+        *,
+        plan: TaskPlan | str | None = None,
+        template_index: int = 0,
     ) -> ClosedSetLogitsProcessor:
-        """A `LogitsProcessor` that lets `generate()` produce only one of `candidates` (after a forced prefix)."""
-        trie = build_answer_trie(self.tokenizer, candidates, eos_token_id=self.vocab.eos_id)
+        """A `LogitsProcessor` that lets `generate()` produce only one of `candidates` (after a forced prefix of
+        `prefix_length` tokens); give the task's `plan` so the answers are tokenized as its target slot is."""
+        trie = self.closed_set_trie(candidates, plan, template_index=template_index, prefix_length=prefix_length)
         return ClosedSetLogitsProcessor(
             trie, eos_token_id=self.vocab.eos_id, pad_token_id=self.vocab.pad_id, prefix_length=prefix_length
         )

@@ -274,3 +274,19 @@ def test_unsupported_layouts_are_errors(processor):
         processor.encode("[TEXT:a] -> [IMAGE:b]", {"a": "x", "b": image()})
     with pytest.raises(ExampleError, match="needs an IMAGE slot"):
         processor.encode("[BOX:b] -> [TEXT:c]", {"b": [1, 2, 3, 4], "c": "x"})
+
+
+@pytest.mark.parametrize(
+    "instruction",
+    [
+        "[TEXT:q] -> [TEXT:a,closed_set]",
+        "[TEXT:q] -> answer: [TEXT:a,closed_set]",
+        "[TEXT:q] -> answer:[TEXT:a,closed_set,uncased]",  # no space before the target, lower-cased
+    ],
+)
+def test_closed_set_trie_matches_the_training_target(instruction, processor):
+    example = processor.encode(instruction, {"q": "what color", "a": "Red"})
+    prefix = example["meta"]["prefix_length"]
+    target = example["labels"][prefix:]  # the answer's ids and </s>
+    trie = processor.closed_set_trie(["Red", "blue"], instruction, prefix_length=prefix)
+    assert tuple(target) in trie

@@ -604,8 +604,8 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         candidates = task.candidates()
         kwargs = task.generate_kwargs(self._generation_base(), gen_kwargs)
         if candidates is not None and "max_new_tokens" not in kwargs and "max_length" not in kwargs:
-            longest = max(len(processor.tokenizer.encode(" " + c, add_special_tokens=False)) for c in candidates)
-            kwargs["max_new_tokens"] = longest + 1  # the answer and its </s>
+            trie = processor.closed_set_trie(candidates, task.plan)
+            kwargs["max_new_tokens"] = max(len(answer) for answer in trie)  # the longest answer and its </s>
         if synced:
             kwargs.setdefault("synced_gpus", True)
         extra_processors = list(kwargs.pop("logits_processor", None) or [])
@@ -623,7 +623,12 @@ class MultiTaskTrainer(Seq2SeqTrainer):
                 inputs = self._prepare_inputs(dict(processor.collate(examples)))
                 processors = LogitsProcessorList(extra_processors)
                 if candidates is not None:
-                    processors.append(processor.closed_set_logits_processor(candidates, prefix_length=prefix))
+                    template = examples[0]["meta"]["template_index"]
+                    processors.append(
+                        processor.closed_set_logits_processor(
+                            candidates, prefix_length=prefix, plan=task.plan, template_index=template
+                        )
+                    )
                 sequences = model.generate(**inputs, **kwargs, logits_processor=processors)
                 if number >= len(work):
                     continue
