@@ -11,7 +11,7 @@ chance-level baseline to beat.
 | `caption` | IMAGE -> TEXT | exact_match | 1/12 = 0.083 |
 | `vqa` | IMAGE + TEXT -> TEXT (closed set) | accuracy | 7/24 = 0.292 |
 | `grounding` | IMAGE + TEXT -> BOX | iou_accuracy | data: 0.13 |
-| `detection` | IMAGE -> (BOX TEXT)* | iou_accuracy per object (`detection_accuracy`) | data: 0.035 |
+| `detection` | IMAGE -> (BOX TEXT)* | object_accuracy (`trainers.metrics`) | data: 0.035 |
 | `itm` | IMAGE + TEXT -> TEXT (closed set) | accuracy | 1/2 = 0.5 |
 | `asr` | AUDIO -> TEXT | wer (lower is better) | data: 0.84 |
 | `video_direction` | VIDEO -> TEXT (closed set) | accuracy | 1/4 = 0.25 |
@@ -211,7 +211,17 @@ _RAMP_SECONDS = 0.005
 _MOTION_NOISE_STD = 0.01
 _MAX_REDRAWS = 1000
 
-_METRICS = ("accuracy", "exact_match", "bleu", "rouge", "wer", "iou_accuracy", "cider", "vqa_accuracy")
+_METRICS = (
+    "accuracy",
+    "exact_match",
+    "bleu",
+    "rouge",
+    "wer",
+    "iou_accuracy",
+    "object_accuracy",
+    "cider",
+    "vqa_accuracy",
+)
 _LOWER_IS_BETTER = frozenset({"wer"})
 _BASELINES = ("majority", "majority_by_answer_type", "constant_wer", "constant_rouge", "fixed_box", "fixed_objects")
 
@@ -307,13 +317,13 @@ DEMO_TASKS: tuple[DemoTask, ...] = (
         name="detection",
         modality="IMAGE -> (BOX TEXT)*",
         instruction="[IMAGE:image] what are the objects in the image? -> ( [BOX:boxes] [TEXT:labels] )*",
-        metric="iou_accuracy",
+        metric="object_accuracy",
         chance=None,
         baseline="fixed_objects",
         target="boxes",
         columns=("image", "boxes", "labels"),
         labels=None,
-        description="one or two shapes; their boxes and labels, left to right, scored by detection_accuracy",
+        description="one or two shapes; their boxes and labels, left to right, scored by object_accuracy",
     ),
     DemoTask(
         name="itm",
@@ -1188,22 +1198,20 @@ def detection_accuracy(
         )
     if count == 0:
         raise ValueError("detection_accuracy got no examples")
-    scores = []
-    for index in range(count):
-        pred = _box_array(predicted_boxes[index], f"predicted_boxes[{index}]")
-        ref = _box_array(reference_boxes[index], f"reference_boxes[{index}]")
-        pred_labels, ref_labels = list(predicted_labels[index]), list(reference_labels[index])
-        if len(pred_labels) != len(pred) or len(ref_labels) != len(ref):
-            raise ValueError(f"Example {index}: the number of boxes and of labels differ")
-        denominator = max(len(pred), len(ref))
-        if denominator == 0:
-            scores.append(1.0)
-            continue
-        shared = min(len(pred), len(ref))
-        iou = np.diag(_iou_matrix(pred[:shared], ref[:shared])) if shared else np.zeros(0)
-        hits = sum(bool(iou[i] >= 0.5) and pred_labels[i] == ref_labels[i] for i in range(shared))
-        scores.append(hits / denominator)
-    return float(np.mean(scores))
+    from trainers.metrics import object_accuracy  # the metric the trainer reports for this task
+
+    def objects(boxes, labels, what: str) -> list[list[dict[str, Any]]]:
+        out = []
+        for index, (example_boxes, example_labels) in enumerate(zip(boxes, labels)):
+            array = _box_array(example_boxes, f"{what}_boxes[{index}]")
+            if len(array) != len(example_labels):
+                raise ValueError(f"Example {index}: the number of boxes and of labels differ")
+            out.append([{"box": box.tolist(), "label": label} for box, label in zip(array, example_labels)])
+        return out
+
+    return object_accuracy(
+        objects(predicted_boxes, predicted_labels, "predicted"), objects(reference_boxes, reference_labels, "reference")
+    )
 
 
 def _majority(targets: list[Any]) -> float:

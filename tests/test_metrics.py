@@ -262,3 +262,15 @@ def test_unknown_metric_lists_every_known_name():
 def test_direct_call_checks_inputs():
     with pytest.raises(TypeError, match="must be a sequence"):
         METRICS["accuracy"].fn("abc", "abc")
+
+
+def test_object_accuracy_golden():
+    a = {"box": [0, 0, 10, 10], "label": "red circle"}
+    b = {"box": [20, 20, 30, 30], "label": "blue square"}
+    shifted = {"box": [5, 0, 15, 10], "label": "red circle"}  # IoU 1/3 with a
+    relabeled = {"box": [20, 20, 30, 30], "label": "red square"}
+    predictions = [[a, b], [a], [shifted, b], [a, relabeled, b], []]
+    references = [[a, b], [a, b], [a, b], [a, b], []]
+    # per example: 2/2, 1/2 (a missing object), 1/2 (IoU too low), 1/3 (wrong label, extra object), 1 (both empty)
+    expected = (1 + 0.5 + 0.5 + 1 / 3 + 1) / 5
+    assert compute_metrics("object_accuracy", predictions, references)["object_accuracy"] == pytest.approx(expected)

@@ -52,13 +52,14 @@ __all__ = [
     "iou_accuracy",
     "macro_f1",
     "normalize_vqa_answer",
+    "object_accuracy",
     "rouge_l",
     "vqa_accuracy",
     "vqa_accuracy_official",
     "word_error_rate",
 ]
 
-ReferenceType = Literal["str", "list[str]", "box", "label"]
+ReferenceType = Literal["str", "list[str]", "box", "label", "objects"]
 """What one reference is: one string, one string or a list of strings (multi-reference), a box, or a label."""
 
 IOU_THRESHOLD = 0.5
@@ -423,6 +424,11 @@ def iou_accuracy(predictions: Sequence[Sequence[float]], references: Sequence[Se
     _check_pairs(predictions, references, "iou_accuracy")
     hyps = _boxes(predictions, "iou_accuracy", "predictions")
     refs = _boxes(references, "iou_accuracy", "references")
+    return float(np.mean(_iou(hyps, refs) >= IOU_THRESHOLD))
+
+
+def _iou(hyps: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """IoU of each row's pair of boxes, (N, 4) x (N, 4) -> (N,); 0 where the union is empty."""
     width = np.clip(np.minimum(hyps[:, 2], refs[:, 2]) - np.maximum(hyps[:, 0], refs[:, 0]), 0.0, None)
     height = np.clip(np.minimum(hyps[:, 3], refs[:, 3]) - np.maximum(hyps[:, 1], refs[:, 1]), 0.0, None)
     intersection = width * height
@@ -431,8 +437,7 @@ def iou_accuracy(predictions: Sequence[Sequence[float]], references: Sequence[Se
         return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
     union = area(hyps) + area(refs) - intersection
-    iou = np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
-    return float(np.mean(iou >= IOU_THRESHOLD))
+    return np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -453,6 +458,38 @@ class MetricSpec(NamedTuple):
     reference_type: ReferenceType
 
 
+def object_accuracy(predictions: Sequence[Sequence[Any]], references: Sequence[Sequence[Any]]) -> float:
+    """Detection as OFA generates it (boxes with labels, in order): per example, the i-th predicted object against the
+    i-th reference object, a hit needing the same label and IoU >= 0.5; an example scores `hits / max(#predicted,
+    #reference)` (1 when both are empty), so missing and extra objects cost as much as wrong ones.
+
+    Args:
+        predictions: per example, a list of `{"box": [x0, y0, x1, y1], "label": str}` (`{"objects"}` answers).
+        references: per example, the reference objects in the order the targets list them.
+
+    Returns:
+        `float`: the mean over examples, 0..1.
+    """
+    _check_pairs(predictions, references, "object_accuracy")
+    scores = []
+    for index, (hyp, ref) in enumerate(zip(predictions, references)):
+        denominator = max(len(hyp), len(ref))
+        shared = min(len(hyp), len(ref))
+        if denominator == 0:
+            scores.append(1.0)
+            continue
+        if shared == 0:
+            scores.append(0.0)
+            continue
+        what = f"object_accuracy example {index}"
+        boxes = _boxes([obj["box"] for obj in hyp[:shared]], what, "predictions")
+        truth = _boxes([obj["box"] for obj in ref[:shared]], what, "references")
+        hits = _iou(boxes, truth) >= IOU_THRESHOLD
+        same = np.array([str(h.get("label", "")).strip() == str(r.get("label", "")).strip() for h, r in zip(hyp, ref)])
+        scores.append(float((hits & same[:shared]).sum()) / denominator)
+    return float(np.mean(scores))
+
+
 METRICS: dict[str, MetricSpec] = {
     "cider": MetricSpec(cider, True, "list[str]"),
     "bleu": MetricSpec(bleu, True, "list[str]"),
@@ -464,6 +501,7 @@ METRICS: dict[str, MetricSpec] = {
     "f1": MetricSpec(macro_f1, True, "label"),
     "iou_accuracy": MetricSpec(iou_accuracy, True, "box"),
     "wer": MetricSpec(word_error_rate, False, "str"),
+    "object_accuracy": MetricSpec(object_accuracy, True, "objects"),
 }
 
 # OFASys registers these metrics under other names.

@@ -45,7 +45,7 @@ _METRIC_REFERENCES: dict[str, frozenset[str]] = {
     "text": frozenset({"str", "list[str]"}),
     "label": frozenset({"label", "str", "list[str]"}),
     "box": frozenset({"box"}),
-    "objects": frozenset(),
+    "objects": frozenset({"objects"}),
     "codes": frozenset(),
 }
 
@@ -53,7 +53,7 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "text": (),
     "label": ("accuracy",),
     "box": ("iou_accuracy",),
-    "objects": (),
+    "objects": ("object_accuracy",),
     "codes": (),
 }
 """Metrics a task computes when `metrics` is not given, per target kind (text tasks must choose theirs)."""
