@@ -112,7 +112,7 @@ def test_empty_datasets_are_rejected(which, empty):
         ({"weight": "1"}, TypeError, "weight must be a number"),
         ({"metrics": ["nope"]}, ValueError, "unknown metric 'nope'"),
         ({"metrics": ["iou_accuracy"]}, ValueError, "metric 'iou_accuracy' compares box references"),
-        ({"instruction": DETECTION, "metrics": ["accuracy"]}, ValueError, "metrics for objects targets: object_accuracy"),
+        ({"instruction": DETECTION, "metrics": ["accuracy"]}, ValueError, "objects targets: object_accuracy"),
         ({"candidates": ["a"]}, ValueError, "not closed_set"),
         ({"instruction": VQA}, ValueError, "pass candidates"),
         ({"instruction": VQA, "candidates": []}, ValueError, "are empty"),
