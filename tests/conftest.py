@@ -39,3 +39,27 @@ def tiny_config():
     from modeling_ofa import OFAConfig
 
     return OFAConfig(**tiny_config_kwargs())
+
+
+DEMO_SMOKE_OVERRIDES = [
+    'data.demo.sizes={"train": 24, "validation": 4, "test": 4}',
+    "tokenizer.demo.vocab_size=500",
+    "training.max_steps=6",
+    "training.eval_steps=6",
+    "training.save_steps=6",
+    "training.logging_steps=2",
+    "training.per_device_train_batch_size=4",
+    "training.disable_tqdm=true",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory):
+    """A shortened run of the demo config (every task, a few steps), shared by the tests that need a trained folder."""
+    from trainers.recipe import load_config, run
+
+    root = tmp_path_factory.mktemp("demo")
+    config = load_config(None, [*DEMO_SMOKE_OVERRIDES, f"output_dir={root / 'outputs' / 'demo'}"])
+    config["data"]["demo"]["root"] = str(root / "demo_data")
+    results = run(config)
+    return root / "outputs" / "demo", results

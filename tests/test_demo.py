@@ -1,0 +1,76 @@
+"""The main job, shortened: the demo config end to end, its output folder, and predict.py on that folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = [
+    "config.json",
+    "model.safetensors",
+    "generation_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "README.md",
+    "results.json",
+    "results.md",
+    "curves.png",
+]
+
+
+def test_demo_run_writes_every_artifact(demo_output):
+    folder, results = demo_output
+    for name in ARTIFACTS:
+        assert (folder / name).is_file(), f"the demo output lacks {name}"
+    from processing.demo_data import DEMO_TASKS
+
+    assert {r.task for r in results} == {t.name for t in DEMO_TASKS}
+    saved = json.loads((folder / "results.json").read_text())
+    assert {row["task"] for row in saved} == {t.name for t in DEMO_TASKS}
+    assert all(0.0 <= row["chance"] <= 1.0 for row in saved)
+    card = (folder / "README.md").read_text()
+    assert "model-index" in card and "chance" in card and "what does the image describe?" in card
+    with Image.open(folder / "curves.png") as image:
+        assert image.size[0] > 500
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    assert set(processor_config["task_instructions"]) == {t.name for t in DEMO_TASKS}
+
+
+def run_predict(folder: Path, *args: str) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(ROOT / "scripts" / "predict.py"), str(folder), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def scene(demo_output, tmp_path_factory) -> Path:
+    from processing.demo_data import load_demo_datasets
+
+    data = load_demo_datasets(demo_output[0].parents[1] / "demo_data")
+    path = tmp_path_factory.mktemp("inputs") / "scene.png"
+    data["grounding"]["test"][0]["image"].save(path)
+    return path
+
+
+def test_predict_text_and_closed_set(demo_output, scene):
+    folder = demo_output[0]
+    assert isinstance(run_predict(folder, "--task", "caption", "--image", str(scene))["text"], str)
+    answer = run_predict(folder, "--task", "itm", "--image", str(scene), "--text", "a red circle")
+    assert answer["label"] in {"yes", "no"} and answer["in_set"] is True
+
+
+def test_predict_box_is_drawn(demo_output, scene, tmp_path):
+    png = tmp_path / "box.png"
+    answer = run_predict(
+        demo_output[0], "--task", "grounding", "--image", str(scene), "--text", "red circle", "--save-png", str(png)
+    )
+    assert "box" in answer and png.is_file()
