@@ -1,7 +1,8 @@
-"""The README is a contract: its commands are the ones CI runs, and its Python snippets run."""
+"""The README is a contract: its first commands are the ones CI and the demo run, and its Python snippets run."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -15,17 +16,30 @@ def fenced(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def test_first_command_is_the_one_ci_runs():
-    first = fenced("bash")[0].strip()
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert "pip install torch==2.13.0" in first, "the fresh-machine command must pin the CPU torch build first"
-    assert first in ci, f".ci/run does not run the README command {first!r}"
-    assert README.index(first) < 600, "the fresh-machine command must be in the README's first lines"
+def test_first_commands_are_the_main_job_and_the_tests():
+    main_job, tests = (block.strip() for block in fenced("bash")[:2])
+    for command in (main_job, tests):
+        assert command.startswith("pip install torch==2.13.0 && "), "fresh-machine commands pin the CPU torch first"
+        assert README.index(command) < 800, "the fresh-machine commands must be in the README's first lines"
+    assert main_job.endswith("python scripts/train.py")
+    assert tests in (ROOT / ".ci" / "run").read_text(), ".ci/run must run the README's test command"
+
+
+def test_no_placeholders_left():
+    assert "PLACEHOLDER" not in README
+
+
+@pytest.fixture(scope="module")
+def namespace(demo_output):
+    """One namespace for all snippets (the README reads top to bottom), run where `outputs/demo` exists."""
+    folder = demo_output[0]
+    previous = os.getcwd()
+    os.chdir(folder.parents[1])
+    yield {"__name__": "readme"}
+    os.chdir(previous)
 
 
 @pytest.mark.parametrize("index", range(len(fenced("python"))))
-def test_python_snippet_runs(index, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_python_snippet_runs(index, namespace):
     code = fenced("python")[index]
-    namespace: dict = {"__name__": f"readme_snippet_{index}"}
     exec(compile(code, f"README.md python block {index}", "exec"), namespace)
