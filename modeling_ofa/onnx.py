@@ -224,8 +224,8 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def code_position_limit(model: OFAForConditionalGeneration) -> int:
     """Longest decoder sequence whose image-code position ids exist in `embed_image_positions`.
 
-    Beyond the code grid the decoder's position ids are a filler id (1024, as in the original), which only a table
-    of more than 1024 rows (`image_bucket_size` >= 33) holds; below that, PyTorch raises for code samples there.
+    Beyond the code grid the decoder's position ids are a filler id (1024 as in the original, or the last row of a
+    smaller table), so this is the whole buffer for models built by this version; older buffers are checked anyway.
     """
     decoder = model.get_decoder()
     valid = decoder.image_position_idx < decoder.embed_image_positions.num_embeddings

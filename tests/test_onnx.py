@@ -153,7 +153,8 @@ def test_export_leaves_model_unchanged(moe):
     model, _, manifest, _ = moe
     layers = [*model.model.encoder.layers, *model.model.decoder.layers]
     assert all(isinstance(layer.moe, ModalityMoE) for layer in layers)
-    assert int(model.model.decoder.image_position_idx.max()) == 1024
+    decoder = model.model.decoder
+    assert int(decoder.image_position_idx.max()) == min(1024, model.config.image_bucket_size**2)
     assert manifest["modality_to_expert"] == model.config.modality_to_expert()
 
 
@@ -229,14 +230,15 @@ def test_length_limits(dense):
         warnings.simplefilter("ignore", UserWarning)
         expected = model.generate(**inputs, num_beams=1).numpy()
     assert np.array_equal(runner.generate(**inputs), expected)
-    # Text targets run up to max_position_embeddings, past the image-code grid (1 + 4 * 4 positions here).
-    assert manifest["code_position_limit"] == 17
+    # Text and image-code targets both run up to max_position_embeddings, past the code grid (1 + 4 * 4 positions
+    # here): beyond it, code positions use the table's filler row.
+    assert manifest["code_position_limit"] == model.get_decoder().image_position_idx.numel()
     long = validate_onnx(model, runner, inputs, max_new_tokens=30)
     assert long.greedy_equal and len(long.onnx_ids[0]) == 31
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
         runner.generate(**inputs, max_new_tokens=80)
-    with pytest.raises(ValueError, match="image-code targets have position ids for 17"):
-        runner.generate(**inputs, code_masks=torch.tensor([True]), max_new_tokens=20)
+    codes = validate_onnx(model, runner, {**inputs, "code_masks": torch.tensor([True])}, max_new_tokens=20)
+    assert codes.greedy_equal
 
 
 MOE_CASES = {
