@@ -228,7 +228,14 @@ def test_iou_accuracy_accepts_arrays_and_tensors():
 )
 def test_bad_boxes_raise(box, error, match):
     with pytest.raises(error, match=match):
-        score("iou_accuracy", [box], [(0, 0, 1, 1)])
+        score("iou_accuracy", [(0, 0, 1, 1)], [box])
+
+
+def test_malformed_predicted_box_is_a_miss_not_an_error():
+    # A model can generate x1 < x0; that prediction scores IoU 0, and the other example still counts.
+    assert score("iou_accuracy", [(2, 0, 1, 1), (0, 0, 1, 1)], [(0, 0, 2, 1), (0, 0, 1, 1)]) == 0.5
+    with pytest.raises(ValueError, match="4 finite numbers"):
+        score("iou_accuracy", [(0, 0, 1, float("nan"))], [(0, 0, 1, 1)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

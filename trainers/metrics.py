@@ -135,7 +135,11 @@ def _check_labels(predictions: Sequence[Any], references: Sequence[Any], metric:
 
 
 def _boxes(values: Sequence[Any], metric: str, what: str) -> np.ndarray:
-    """An (N, 4) float array of (x0, y0, x1, y1) boxes with x0 <= x1 and y0 <= y1."""
+    """An (N, 4) float array of (x0, y0, x1, y1) boxes with x0 <= x1 and y0 <= y1.
+
+    A reference that breaks this is an error. A model's prediction may be malformed (a generated box with x1 < x0):
+    for `what == "predictions"` such a box becomes an empty box, so it scores IoU 0 instead of stopping evaluation.
+    """
     rows = []
     for index, box in enumerate(values):
         try:
@@ -145,7 +149,9 @@ def _boxes(values: Sequence[Any], metric: str, what: str) -> np.ndarray:
         if row.shape != (4,) or not np.isfinite(row).all():
             raise ValueError(f"{metric}: {what}[{index}] must be 4 finite numbers (x0, y0, x1, y1), got {box!r:.80}")
         if row[2] < row[0] or row[3] < row[1]:
-            raise ValueError(f"{metric}: {what}[{index}] = {row.tolist()} has x1 < x0 or y1 < y0")
+            if what != "predictions":
+                raise ValueError(f"{metric}: {what}[{index}] = {row.tolist()} has x1 < x0 or y1 < y0")
+            row = np.zeros(4)  # an empty box: no intersection with anything
         rows.append(row)
     return np.stack(rows)
 
