@@ -214,8 +214,8 @@ def train_demo_tokenizer(
     """Train a small byte-level BPE with the OFA vocabulary layout, for offline demos and tests.
 
     The result has `<s>`, `<pad>`, `</s>`, `<unk>` at ids 0-3, the BPE after them, then `<mask>`, the image codes and
-    the location bins. It adds no bos/eos automatically (OFA frames sequences by hand). Training is deterministic:
-    the same texts give the same ids.
+    the location bins. It adds no bos/eos automatically (OFA frames sequences by hand). The texts are learned in the
+    form OFA encodes them, with a leading space. Training is deterministic: the same texts give the same ids.
 
     Args:
         texts (`Iterable[str]`):
@@ -254,7 +254,9 @@ def train_demo_tokenizer(
         min_frequency=2,
         show_progress=False,
     )
-    backend.train_from_iterator(corpus, trainer=trainer)
+    # OFA encodes every prompt and slot value as " " + text, so learn the merges on text in that form: a word then gets
+    # one word-start token (e.g. "Ġright") instead of a bare "Ġ" followed by the word.
+    backend.train_from_iterator((" " + text.strip() for text in corpus), trainer=trainer)
 
     bos, pad, eos, unk = SPECIAL_TOKENS
     tokenizer = PreTrainedTokenizerFast(

@@ -35,6 +35,7 @@ def test_demo_run_writes_every_artifact(demo_output):
     saved = json.loads((folder / "results.json").read_text())
     assert {row["task"] for row in saved} == {t.name for t in DEMO_TASKS}
     assert all(0.0 <= row["chance"] <= 1.0 for row in saved)
+    assert all(0.0 <= row["int8_value"] <= 1.0 or row["metric"] == "wer" for row in saved)  # the int8 check ran
     card = (folder / "README.md").read_text()
     assert "model-index" in card and "chance" in card and "what does the image describe?" in card
     with Image.open(folder / "curves.png") as image:

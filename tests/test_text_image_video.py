@@ -554,3 +554,11 @@ def test_video_file_without_pyav_is_a_clear_import_error(tmp_path):
         pass
     with pytest.raises(ImportError, match="pip install av"):
         VideoPreprocessor()(tmp_path / "clip.mp4")
+
+
+def test_demo_tokenizer_learns_word_start_tokens():
+    """Short answers seen alone in the corpus still get one word-start token, as OFA encodes them (" " + text)."""
+    tokenizer = train_demo_tokenizer(["right", "left", "yes", "no"] * 20 + ["move it to the right"] * 3, vocab_size=300)
+    text = TextPreprocessor(tokenizer)
+    for word in ("right", "left", "yes"):
+        assert len(text.encode(word)) == 1, tokenizer.convert_ids_to_tokens(text.encode(word))

@@ -135,6 +135,25 @@ def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[An
     return built
 
 
+def _test_results(trainer: Any, built: Sequence[tuple[Any, Any, Any]]) -> list[TaskResult]:
+    """Every task's metrics on its test split, beside the chance baseline (NaN when unknown)."""
+    from .metrics import METRICS, compute_metrics
+
+    results = []
+    for task, test, chance in built:
+        if test is None:
+            continue
+        answers = trainer.predict(task.name, test).predictions
+        predictions = [task.prediction(answer) for answer in answers]
+        references = [task.reference(row) for row in test]
+        for metric in task.metrics:
+            value = compute_metrics(metric, predictions, references)[metric]
+            baseline = chance if chance is not None else math.nan
+            spec = METRICS[metric]
+            results.append(TaskResult(task.name, metric, value, baseline, spec.higher_is_better, task.instruction))
+    return results
+
+
 def run(config: dict[str, Any]) -> list[TaskResult]:
     """Run a config end to end; returns the per-task test results (also written into the output folder)."""
     from transformers import Seq2SeqTrainingArguments, set_seed
@@ -144,7 +163,6 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     from processing.demo_data import demo_text_corpus
 
     from .hub import save_hub_folder
-    from .metrics import METRICS, compute_metrics
     from .trainer import MultiTaskTrainer
 
     started = time.perf_counter()
@@ -194,20 +212,15 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     trainer.train(resume_from_checkpoint=resume)
     _log(f"trained ({time.perf_counter() - started:.0f}s); evaluating every task on its test split")
 
-    results = []
-    for task, test, chance in built:
-        if test is None:
-            continue
-        output = trainer.predict(task.name, test)
-        predictions = [task.prediction(answer) for answer in output.predictions]
-        references = [task.reference(row) for row in test]
-        for metric in task.metrics:
-            value = compute_metrics(metric, predictions, references)[metric]
-            baseline = chance if chance is not None else math.nan
-            results.append(
-                TaskResult(task.name, metric, value, baseline, METRICS[metric].higher_is_better, task.instruction)
-            )
+    results = _test_results(trainer, built)
     print(results_table(results), flush=True)
+    int8 = None
+    if (config.get("evaluation") or {}).get("int8"):
+        # The int8 accuracy check: the same test splits with dynamically quantized linear layers.
+        quantized = modeling_ofa.quantize_dynamic_int8(trainer.model.cpu())
+        int8_trainer = MultiTaskTrainer(model=quantized, args=args, tasks=tasks, processor=processor)
+        int8 = _test_results(int8_trainer, built)
+        print("int8 (dynamic quantization of the linear layers):\n" + results_table(int8), flush=True)
 
     final = output_dir
     description = (
@@ -222,9 +235,11 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
         model_name=final.name,
         description=description,
     )
-    (final / "results.json").write_text(
-        json.dumps([r.__dict__ | {"beats_chance": r.beats_chance} for r in results], indent=2)
-    )
+    rows = [r.__dict__ | {"beats_chance": r.beats_chance} for r in results]
+    if int8 is not None:
+        for row, quantized in zip(rows, int8):
+            row["int8_value"] = quantized.value
+    (final / "results.json").write_text(json.dumps(rows, indent=2))
     (final / "results.md").write_text(results_markdown(results) + "\n")
     plot_curves(trainer.state.log_history, final / "curves.png", [t.name for t in tasks])
     _log(f"done in {time.perf_counter() - started:.0f}s; Hub-ready folder: {final}")
