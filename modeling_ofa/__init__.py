@@ -31,6 +31,7 @@ from .moe import (
     sum_aux_losses,
     upcycle_dense_ffn,
 )
+from .onnx import OnnxOFA, OnnxValidation, export_onnx, quantize_onnx_int8, validate_onnx
 from .peft_utils import (
     LORA_TARGET_GROUPS,
     OFA_LORA_TARGET_MODULES,
@@ -39,8 +40,18 @@ from .peft_utils import (
     ofa_lora_config,
     register_peft_defaults,
 )
+from .quantization import greedy_agreement, logits_max_abs_diff, quantize_dynamic_int8, tied_lm_head_error
 
 __all__ = [
+    "OnnxOFA",
+    "OnnxValidation",
+    "export_onnx",
+    "quantize_onnx_int8",
+    "validate_onnx",
+    "greedy_agreement",
+    "logits_max_abs_diff",
+    "quantize_dynamic_int8",
+    "tied_lm_head_error",
     "EXTRA_MODALITIES",
     "MODALITIES",
     "MOE_TYPES",
