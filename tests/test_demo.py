@@ -75,3 +75,30 @@ def test_predict_box_is_drawn(demo_output, scene, tmp_path):
         demo_output[0], "--task", "grounding", "--image", str(scene), "--text", "red circle", "--save-png", str(png)
     )
     assert "box" in answer and png.is_file()
+
+
+def test_shipped_configs_load():
+    from trainers.recipe import load_config
+
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert demo["model"]["preset"] == "demo" and demo["evaluation"]["int8"] is True
+    finetune = load_config(ROOT / "configs" / "finetune_caption.yaml", ["training.max_steps=5"])
+    assert [task["name"] for task in finetune["tasks"]] == ["caption"]
+    assert finetune["model"]["checkpoint"] == "outputs/demo" and finetune["training"]["max_steps"] == 5
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_config(ROOT / "configs" / "demo.yaml", ["no_equals_sign"])
+
+
+def test_single_task_finetune_config_runs_from_the_demo_folder(demo_output, tmp_path):
+    from conftest import DEMO_SMOKE_OVERRIDES
+    from trainers.recipe import load_config, run
+
+    folder = demo_output[0]
+    overrides = [o for o in DEMO_SMOKE_OVERRIDES if not o.startswith("tokenizer.")]
+    config = load_config(ROOT / "configs" / "finetune_caption.yaml", [*overrides, "training.max_steps=2"])
+    config.update(output_dir=str(tmp_path / "ft"), tokenizer={"path": str(folder)})
+    config["model"]["checkpoint"] = str(folder)
+    config["data"]["demo"]["root"] = str(folder.parents[1] / "demo_data")
+    results = run(config)
+    assert [(r.task, r.metric) for r in results] == [("caption", "exact_match"), ("caption", "bleu")]
+    assert (tmp_path / "ft" / "model.safetensors").is_file()
