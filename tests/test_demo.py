@@ -91,6 +91,7 @@ def test_shipped_configs_load():
 
 def test_single_task_finetune_config_runs_from_the_demo_folder(demo_output, tmp_path):
     from conftest import DEMO_SMOKE_OVERRIDES
+
     from trainers.recipe import load_config, run
 
     folder = demo_output[0]
