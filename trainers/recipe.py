@@ -136,19 +136,18 @@ def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[An
 
 
 def _test_results(trainer: Any, built: Sequence[tuple[Any, Any, Any]]) -> list[TaskResult]:
-    """Every task's metrics on its test split, beside the chance baseline (NaN when unknown)."""
-    from .metrics import METRICS, compute_metrics
+    """Every task's metrics on its test split (as `MultiTaskTrainer.predict` scores them), beside the chance
+    baseline (NaN when unknown)."""
+    from .metrics import METRICS
 
     results = []
     for task, test, chance in built:
         if test is None:
             continue
-        answers = trainer.predict(task.name, test).predictions
-        predictions = [task.prediction(answer) for answer in answers]
-        references = [task.reference(row) for row in test]
+        metrics = trainer.predict(task.name, test).metrics
+        baseline = chance if chance is not None else math.nan
         for metric in task.metrics:
-            value = compute_metrics(metric, predictions, references)[metric]
-            baseline = chance if chance is not None else math.nan
+            value = metrics[f"test_{task.name}_{metric}"]
             spec = METRICS[metric]
             results.append(TaskResult(task.name, metric, value, baseline, spec.higher_is_better, task.instruction))
     return results
