@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +120,12 @@ def _moe_layers(config: OFAConfig, num_layers: int) -> set[int]:
     return set(select_moe_layers(config.moe_layers, num_layers))
 
 
+# Attribute of a decoder cache that holds the projected self-attention position keys: {kind: (H, S, D/H)}, kind 0
+# for text positions, 1 for image-code positions. They do not depend on the batch row, so beam reordering leaves them
+# as they are; a cropped cache uses the first rows.
+_POSITION_KEYS = "ofa_self_position_keys"
+
+
 def _mask_value(dtype: torch.dtype) -> float:
     # The most negative finite value: a fully masked row then stays finite instead of turning into NaN.
     return torch.finfo(dtype).min
@@ -138,6 +146,16 @@ class _Segment:
         if isinstance(self.modality, torch.Tensor):
             return self.modality.to(self.embeds.device).long()
         return torch.full((bsz, self.embeds.shape[1]), self.modality, dtype=torch.long, device=self.embeds.device)
+
+
+@dataclass
+class _RelativeSpan:
+    """Where one segment sits in the encoder sequence, and its relative position table rows (any layer's)."""
+
+    start: int
+    end: int
+    buckets: torch.Tensor  # (n, n), or (B, n, n) when is_image
+    is_image: bool
 
 
 @dataclass
@@ -317,7 +335,21 @@ class OFAEncoderLayer(GradientCheckpointingLayer):
         attn_bias: torch.Tensor,
         modality_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
+        bias_builder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, length, d_model)`): The layer's input.
+            attn_bias (`torch.Tensor` of shape `(batch_size, num_heads, length, length)`): The attention bias, with
+                masked keys at the dtype minimum; or, with `bias_builder`, what the builder turns into it.
+            modality_ids (`torch.Tensor` of shape `(batch_size, length)`, *optional*): Routes modality experts.
+            output_attentions (`bool`): Also return the attention weights.
+            bias_builder (`Callable`, *optional*): Builds this layer's bias from `attn_bias` (the part all layers
+                share). It runs here, inside the region that gradient checkpointing recomputes, so checkpointing
+                keeps the shared tensor once rather than one `(batch_size, num_heads, length, length)` bias per layer.
+        """
+        if bias_builder is not None:
+            attn_bias = bias_builder(attn_bias)
         residual = hidden_states
         if self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
@@ -710,17 +742,20 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         pos_k = self._heads(self.pos_k_linear(positions))
         abs_bias = torch.matmul(pos_q, pos_k.transpose(-1, -2))
         key_padding = padding[:, None, None, :]  # (B, 1, 1, N)
+        # Relative buckets inside each segment (positions of different segments interact only through abs_bias);
+        # the same for every layer, only the table they index differs.
+        spans, start = [], 0
+        for seg in segments:
+            end = start + seg.embeds.shape[1]
+            spans.append(_RelativeSpan(start, end, self.relative_buckets(seg), seg.is_image))
+            start = end
 
         hidden_states, attentions = (x,) if output_hidden_states else None, () if output_attentions else None
         for idx, layer in enumerate(self.layers):
-            # Relative bias inside each segment; positions of different segments interact only through abs_bias.
-            bias, start = abs_bias.clone(), 0
-            for seg in segments:
-                end = start + seg.embeds.shape[1]
-                bias[:, :, start:end, start:end] += self.relative_bias(seg, idx)
-                start = end
-            bias = bias.masked_fill(key_padding, _mask_value(bias.dtype))
-            x, weights = layer(x, bias, modality_ids, output_attentions=bool(output_attentions))
+            # Each layer builds its own (B, H, N, N) bias from the shared abs_bias inside its forward (see
+            # OFAEncoderLayer.forward): under gradient checkpointing, only abs_bias is kept, once for all layers.
+            build = partial(self.layer_bias, idx=idx, spans=spans, key_padding=key_padding)
+            x, weights = layer(x, abs_bias, modality_ids, output_attentions=bool(output_attentions), bias_builder=build)
             if output_hidden_states:
                 hidden_states += (x,)
             if output_attentions:
@@ -745,15 +780,26 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
             )
         return adapter
 
-    def relative_bias(self, segment: _Segment, idx: int) -> torch.Tensor:
-        """Relative position bias inside one segment in layer idx: (H, n, n) or (B, H, n, n)."""
+    def relative_buckets(self, segment: _Segment) -> torch.Tensor:
+        """Relative position table rows inside one segment: (B, n, n) for images, (n, n) for 1-D positions."""
+        ids = segment.rel_ids
         if segment.is_image:
-            ids = segment.rel_ids  # (B, n) grid ids
-            buckets = self.image_rp_bucket[ids[:, :, None], ids[:, None, :]]  # (B, n, n)
-            return F.embedding(buckets, self.image_rel_pos_table_list[idx].weight).permute(0, 3, 1, 2)
-        ids = segment.rel_ids  # (n,) 1-D positions
-        buckets = self.token_rp_bucket[ids[:, None], ids[None, :]]  # (n, n)
-        return F.embedding(buckets, self.token_rel_pos_table_list[idx].weight).permute(2, 0, 1)
+            return self.image_rp_bucket[ids[:, :, None], ids[:, None, :]]  # ids: (B, n) grid ids
+        return self.token_rp_bucket[ids[:, None], ids[None, :]]  # ids: (n,) 1-D positions
+
+    def layer_bias(
+        self, abs_bias: torch.Tensor, idx: int, spans: list[_RelativeSpan], key_padding: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention bias of layer `idx`: the shared absolute bias (B, H, N, N), plus the relative bias inside each
+        span from the layer's tables, with padding keys (`key_padding` (B, 1, 1, N)) at the dtype minimum."""
+        bias = abs_bias.clone()
+        for span in spans:
+            if span.is_image:
+                rel = F.embedding(span.buckets, self.image_rel_pos_table_list[idx].weight).permute(0, 3, 1, 2)
+            else:
+                rel = F.embedding(span.buckets, self.token_rel_pos_table_list[idx].weight).permute(2, 0, 1)
+            bias[:, :, span.start : span.end, span.start : span.end] += rel  # (H, n, n) or (B, H, n, n)
+        return bias.masked_fill(key_padding, _mask_value(bias.dtype))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -808,12 +854,35 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    def _self_bias(self, positions: torch.Tensor, ln: nn.LayerNorm, past: int) -> torch.Tensor:
-        """Absolute self-attention bias of one position kind: new rows `past:` against all S positions (H, T, S)."""
-        normed = ln(positions)  # (S, D)
-        pos_q = self._heads(self.self_pos_q_linear(normed[past:])) * self.pos_scaling  # (H, T, D/H)
-        pos_k = self._heads(self.self_pos_k_linear(normed))  # (H, S, D/H)
-        return torch.matmul(pos_q, pos_k.transpose(-1, -2))
+    def _self_bias(
+        self, positions: torch.Tensor, ln: nn.LayerNorm, past: int, stored_keys: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Absolute self-attention bias of one position kind: new rows `past:` against all S positions.
+
+        Args:
+            positions (`torch.Tensor` of shape `(S, D)`): Position embeddings of all decoder steps.
+            ln (`nn.LayerNorm`): This kind's position LayerNorm.
+            past (`int`): Number of cached steps.
+            stored_keys (`torch.Tensor` of shape `(H, S', D/H)`, *optional*): Projected keys of the first S'
+                positions from an earlier step. They depend on the weights only, so they are reused and only the
+                positions after them are projected.
+
+        Returns:
+            The bias (H, T, S) and the projected keys of all S positions (H, S, D/H), for the next step.
+        """
+        known = 0 if stored_keys is None else min(stored_keys.shape[1], positions.shape[0])
+        if known == 0:
+            normed = ln(positions)  # (S, D)
+            queries, keys = normed[past:], self._heads(self.self_pos_k_linear(normed))  # (T, D), (H, S, D/H)
+        else:
+            first = min(known, past)
+            normed = ln(positions[first:])  # only the rows a query or a new key needs
+            queries, keys = normed[past - first :], stored_keys[:, :known]
+            if known < positions.shape[0]:
+                new_keys = self._heads(self.self_pos_k_linear(normed[known - first :]))
+                keys = torch.cat([keys, new_keys], dim=1)
+        pos_q = self._heads(self.self_pos_q_linear(queries)) * self.pos_scaling  # (H, T, D/H)
+        return torch.matmul(pos_q, keys.transpose(-1, -2)), keys
 
     def _cross_bias(self, positions: torch.Tensor, ln: nn.LayerNorm, past: int, keys: torch.Tensor) -> torch.Tensor:
         """Absolute cross-attention bias of one position kind against the encoder positions: (B, H, T, N)."""
@@ -880,7 +949,20 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
             cross_keys = self._heads(self.cross_pos_k_linear(encoder_position_embeddings))  # (B, H, N, D/H)
             if encoder_outputs is not None:
                 encoder_outputs["cross_position_keys"] = cross_keys
-        self_abs = [self._self_bias(pos, ln, past) for pos, ln in kinds]  # [(H, T, S)]
+        # The projected self-attention position keys of every kind ride on the cache (as the encoder positions'
+        # keys ride on the encoder output), so a cached step projects only its own positions.
+        stored_keys = None
+        if past_key_values is not None:
+            stored_keys = getattr(past_key_values, _POSITION_KEYS, None)
+            if stored_keys is None:
+                stored_keys = {}
+                setattr(past_key_values, _POSITION_KEYS, stored_keys)
+        self_abs = []  # [(H, T, S)]
+        for kind, (pos, ln) in enumerate(kinds):
+            bias, keys = self._self_bias(pos, ln, past, stored_keys.get(kind) if stored_keys is not None else None)
+            self_abs.append(bias)
+            if stored_keys is not None:
+                stored_keys[kind] = keys
         cross_abs = [self._cross_bias(pos, ln, past, cross_keys) for pos, ln in kinds]  # [(B, H, T, N)]
         cross_bias = torch.where(select, cross_abs[1], cross_abs[0]) if use_codes else cross_abs[0]
         cross_bias = cross_bias.masked_fill(encoder_padding_mask[:, None, None, :], _mask_value(cross_bias.dtype))

@@ -2,14 +2,22 @@
 
 Module and parameter names follow the original (`conv1`, `bn1`, `layer{1,2,3}.{k}.conv{1,2,3}`, `downsample.{0,1}`),
 so original checkpoints load without renaming.
+
+Gradient checkpointing (`model.gradient_checkpointing_enable()`) covers the stem too: the Bottleneck blocks are
+recomputed in the backward pass. BatchNorm in train mode updates its running statistics in forward; the
+recomputation leaves them as the forward left them (`batch_norm_stats_frozen`), so a step updates them once, as
+without checkpointing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
-__all__ = ["Bottleneck", "DropPath", "OFAResNet", "drop_path", "drop_path_rates"]
+__all__ = ["Bottleneck", "DropPath", "OFAResNet", "batch_norm_stats_frozen", "drop_path", "drop_path_rates"]
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -24,6 +32,51 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 def drop_path_rates(max_rate: float, count: int) -> list[float]:
     """Rates rising linearly from 0 to `max_rate` over `count` layers (plain Python: works on the meta device)."""
     return [max_rate * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
+
+
+@contextmanager
+def batch_norm_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Run `module` in train mode without changing the running statistics of its BatchNorm layers.
+
+    Inside the context, train-mode BatchNorms still normalize with the batch statistics, but their
+    `running_mean`/`running_var` stay as they were (momentum 0 gives `1 * running + 0 * batch`, the same values) and
+    `num_batches_tracked` is restored on exit. The buffers are still written in place, as in a normal forward, so the
+    autograd graph is the same and reentrant checkpointing sees the version counters it expects.
+
+    Args:
+        module (`nn.Module`): The module whose BatchNorm layers (itself included) to freeze.
+    """
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        # Momentum None means a cumulative average over num_batches_tracked; 0.0 switches to a factor of 0.
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, momentum, count in saved:
+                m.momentum = momentum
+                m.num_batches_tracked.copy_(count)
+
+
+def _recompute_without_stat_updates(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module` as a function for a checkpoint: the first call is the forward, every later one a recomputation."""
+    calls = 0
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return module(x)
+        with batch_norm_stats_frozen(module):
+            return module(x)
+
+    return run
 
 
 class DropPath(nn.Module):
@@ -91,7 +144,17 @@ class OFAResNet(nn.Module):
             stage += [Bottleneck(inplanes, planes, drop_path_rate=rates[i]) for i in range(1, blocks)]
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3 = stages
+        # Switched on, with `_gradient_checkpointing_func`, by `PreTrainedModel.gradient_checkpointing_enable`,
+        # which sets both on every submodule that has this attribute.
+        self.gradient_checkpointing = False
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(pixel_values))))  # (B, 64, H/4, W/4)
-        return self.layer3(self.layer2(self.layer1(x)))  # (B, 1024, H/16, W/16)
+        # Checkpointing needs an input that requires grad (reentrant checkpoints only backpropagate through one);
+        # without one, e.g. a frozen first convolution, the stages run plainly.
+        if not (self.gradient_checkpointing and self.training and x.requires_grad):
+            return self.layer3(self.layer2(self.layer1(x)))  # (B, 1024, H/16, W/16)
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage:
+                x = self._gradient_checkpointing_func(_recompute_without_stat_updates(block), x)
+        return x

@@ -207,6 +207,42 @@ def test_cached_decoding_matches_full_forward(codes):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("num_beams", "codes"), [(1, False), (2, True)])
+def test_cached_generation_projects_each_position_key_once(num_beams, codes):
+    model = build()
+    rows = []
+    model.model.decoder.self_pos_k_linear.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    extra = {"code_masks": torch.tensor([True, False])} if codes else {}
+    options = dict(max_new_tokens=6, min_new_tokens=6, num_beams=num_beams, do_sample=False, **extra)
+    cached = model.generate(**batch(), **options)
+    # One call per position kind (text, and image codes) and step, each projecting the new position only.
+    assert rows == [1] * 6 * (2 if codes else 1)
+    rows.clear()
+    uncached = model.generate(**batch(), use_cache=False, **options)
+    assert rows[-1] == 6  # without a cache, every step projects all its positions
+    assert cached.tolist() == uncached.tolist()
+
+
+def test_cropped_cache_reuses_stored_position_keys():
+    model = build()
+    inputs = batch()
+    decoder_ids = torch.tensor([[BOS, 5, 6, 7, 8], [BOS, 9, 10, 11, 12]])
+    rows = []
+    model.model.decoder.self_pos_k_linear.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    with torch.no_grad():
+        full = model(**inputs, decoder_input_ids=decoder_ids).logits
+        encoder_outputs = model.get_encoder()(**inputs)
+        cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=decoder_ids[:, :4], use_cache=True)
+        cache = cache.past_key_values
+        cache.crop(-2)  # back to 2 positions; the keys of 4 positions are stored
+        rows.clear()
+        again = model(
+            encoder_outputs=encoder_outputs, decoder_input_ids=decoder_ids[:, 2:], past_key_values=cache, use_cache=True
+        ).logits
+    assert rows == [1]  # only position 4 was never projected
+    torch.testing.assert_close(again, full[:, 2:], atol=1e-5, rtol=1e-5)
+
+
 def test_code_masks_change_positions_per_sample():
     model = build()
     inputs = batch()

@@ -372,3 +372,96 @@ def test_runner_refusals(dense, moe, tmp_path):
     inputs["input_modality_ids"] = torch.full_like(inputs["input_ids"], MODALITIES.index("STRUCT"))
     with pytest.raises(ValueError, match="STRUCT"):
         moe_runner.generate(**inputs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Demo tasks: PyTorch and ONNX greedy generation on the demo corpus, encoded by a trained folder's processor
+# ---------------------------------------------------------------------------------------------------------------
+
+DEMO_VARIANTS = {
+    "caption": "image",
+    "vqa": "image",
+    "grounding": "image",
+    "detection": "image",
+    "itm": "image",
+    "asr": "audio",
+    "video_direction": "video",
+    "table_qa": "text",  # a STRUCT table is text tokens
+    "motion_class": "motion",
+    "summarization": "text",
+}
+
+
+def test_cli_demo_tasks(demo_output, tmp_path, capsys):
+    from processing.demo_data import DEMO_TASK_NAMES
+    from scripts.export_onnx import main
+
+    folder = demo_output[0]
+    data = folder.parents[1] / "demo_data"
+    args = [str(folder), str(tmp_path / "onnx"), "--demo-data", str(data), "--demo-examples", "4", "--validate"]
+    status = main(args)
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0 and report["passed"] is True
+    # Without --encoders, every variant the demo needs is exported (and checked on random inputs too).
+    assert sorted(report["validation"]) == ["audio", "image", "motion", "text", "video"]
+    tasks = report["demo_tasks"]
+    assert list(tasks) == list(DEMO_TASK_NAMES)
+    for name, result in tasks.items():
+        assert result["variant"] == DEMO_VARIANTS[name], name
+        assert result["examples"] == 4 and result["batches"] == 1, name
+        assert result["sequence_match"] == 1.0 and result["token_agreement"] == 1.0, name
+        assert result["max_abs_diff"] < TOLERANCE and result["passed"] is True, name
+    # Closed sets decode their longest answer and </s> (one-word answers here); open tasks the free budget.
+    assert {tasks[name]["max_new_tokens"] for name in ("vqa", "itm", "video_direction", "motion_class")} == {2}
+    assert tasks["caption"]["closed_set"] is False and tasks["caption"]["max_new_tokens"] == 32
+
+
+def test_cli_demo_task_without_its_encoder_fails(demo_output, tmp_path, capsys):
+    from scripts.export_onnx import main
+
+    folder = demo_output[0]
+    data = folder.parents[1] / "demo_data"
+    args = [str(folder), str(tmp_path / "onnx"), "--encoders", "text", "--demo-data", str(data)]
+    status = main([*args, "--demo-tasks", "asr", "summarization", "--demo-examples", "2"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 1 and report["passed"] is False
+    assert report["demo_tasks"]["summarization"]["passed"] is True
+    asr = report["demo_tasks"]["asr"]
+    assert asr["passed"] is False and "encoder variant 'audio', which was not exported" in asr["error"]
+
+
+def test_demo_task_selection_errors(demo_output):
+    from processing import OFAProcessor
+    from scripts.export_onnx import prepare_demo_tasks
+
+    folder = demo_output[0]
+    processor = OFAProcessor.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"\['nope'\] are not demo tasks"):
+        prepare_demo_tasks(processor, folder.parents[1] / "demo_data", tasks=["nope"])
+    processor.task_instructions = {"other": "[TEXT:src] -> [TEXT:tgt]"}
+    with pytest.raises(ValueError, match="none of the demo instructions"):
+        prepare_demo_tasks(processor, folder.parents[1] / "demo_data")
+
+
+def test_exportable_variants_reports_missing_modalities():
+    from scripts.export_onnx import exportable_variants
+
+    exportable, refused = exportable_variants(build(), ["text", "image", "audio", "video+motion"])
+    assert exportable == ["text", "image"]
+    assert sorted(refused) == ["audio", "video+motion"]
+    assert "'AUDIO' in config.extra_modalities" in refused["audio"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (["input_ids", "attention_mask", "input_modality_ids"], "text"),
+        (["input_ids", "pixel_values", "patch_masks", "decoder_input_ids"], "image"),
+        (["input_ids", "audio_features", "audio_attention_mask"], "audio"),
+        (["input_ids", "video_pixel_values", "video_frame_indices", "motion_features"], "video+motion"),
+    ],
+)
+def test_batch_encoder_variant(keys, expected):
+    from scripts.export_onnx import batch_encoder_variant
+
+    assert batch_encoder_variant(dict.fromkeys(keys)) == expected

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import TaskResult, plot_curves, results_markdown, results_table
+from .report import TaskResult, bootstrap_interval, plot_curves, results_markdown, results_table
 
 __all__ = ["load_config", "run", "set_override"]
 
@@ -136,20 +136,25 @@ def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[An
 
 
 def _test_results(trainer: Any, built: Sequence[tuple[Any, Any, Any]]) -> list[TaskResult]:
-    """Every task's metrics on its test split (as `MultiTaskTrainer.predict` scores them), beside the chance
-    baseline (NaN when unknown)."""
+    """Every task's metrics on its test split (as `MultiTaskTrainer.predict` scores them) with their bootstrap
+    intervals over the test examples, beside the chance baseline (NaN when unknown)."""
     from .metrics import METRICS
 
     results = []
     for task, test, chance in built:
         if test is None:
             continue
-        metrics = trainer.predict(task.name, test).metrics
+        output = trainer.predict(task.name, test)
+        references = output.label_ids if output.label_ids is not None else [None] * len(output.predictions)
+        pairs = [(task.prediction(a), r) for a, r in zip(output.predictions, references) if r is not None]
         baseline = chance if chance is not None else math.nan
         for metric in task.metrics:
-            value = metrics[f"test_{task.name}_{metric}"]
             spec = METRICS[metric]
-            results.append(TaskResult(task.name, metric, value, baseline, spec.higher_is_better, task.instruction))
+            low, high = bootstrap_interval(spec.fn, *map(list, zip(*pairs))) if pairs else (math.nan, math.nan)
+            value = output.metrics[f"test_{task.name}_{metric}"]
+            results.append(
+                TaskResult(task.name, metric, value, baseline, spec.higher_is_better, task.instruction, low, high)
+            )
     return results
 
 

@@ -1,0 +1,79 @@
+"""Run reports: bootstrap intervals of test metrics and the "clearly above chance" rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trainers.metrics import METRICS
+from trainers.report import TaskResult, bootstrap_interval, results_markdown, results_table
+
+
+def accuracy(predictions, references):
+    return sum(p == r for p, r in zip(predictions, references)) / len(references)
+
+
+def test_interval_of_a_perfect_model_is_a_point():
+    assert bootstrap_interval(accuracy, ["a"] * 20, ["a"] * 20) == (1.0, 1.0)
+
+
+def test_interval_covers_the_value_and_matches_the_binomial_spread():
+    # 60 hits out of 100: the binomial standard error is sqrt(.6 * .4 / 100) = 0.049, so a 95% interval is ~ +-0.096.
+    predictions = ["a"] * 60 + ["b"] * 40
+    low, high = bootstrap_interval(accuracy, predictions, ["a"] * 100, samples=2000)
+    assert low < 0.6 < high
+    assert 0.15 < high - low < 0.23
+
+
+def test_interval_is_reproducible_and_depends_on_the_seed():
+    predictions, references = ["a", "b", "a", "c"] * 10, ["a"] * 40
+    first = bootstrap_interval(accuracy, predictions, references, samples=200, seed=3)
+    assert first == bootstrap_interval(accuracy, predictions, references, samples=200, seed=3)
+    assert first != bootstrap_interval(accuracy, predictions, references, samples=200, seed=4)
+
+
+def test_interval_works_with_the_corpus_metrics():
+    spec = METRICS["wer"]
+    predictions, references = ["one two", "three four", "five"] * 5, ["one two", "three", "five six"] * 5
+    low, high = bootstrap_interval(spec.fn, predictions, references, samples=100)
+    assert low <= spec.fn(predictions, references) <= high
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(predictions=["a"], references=[]), "1 predictions but 0"), (dict(level=1.0), "0 < level < 1")],
+)
+def test_interval_rejects_bad_arguments(kwargs, message):
+    arguments = dict(predictions=["a"], references=["a"]) | kwargs
+    with pytest.raises(ValueError, match=message):
+        bootstrap_interval(accuracy, **arguments)
+
+
+def test_empty_split_gives_nan():
+    assert all(math.isnan(v) for v in bootstrap_interval(accuracy, [], []))
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "chance", "higher_is_better", "expected"),
+    [
+        (0.40, 0.31, 0.49, 0.25, True, True),  # the whole interval above chance
+        (0.32, 0.23, 0.41, 0.25, True, False),  # above chance, but within the noise
+        (0.20, 0.12, 0.28, 0.25, True, False),
+        (0.50, 0.42, 0.58, 0.84, False, True),  # WER: lower is better
+        (0.80, 0.72, 0.88, 0.84, False, False),
+        (0.40, math.nan, math.nan, 0.25, True, True),  # no interval: the value alone decides
+        (0.40, 0.31, 0.49, math.nan, True, False),  # unknown chance: nothing to beat
+    ],
+)
+def test_clearly_above_chance(value, low, high, chance, higher_is_better, expected):
+    result = TaskResult("t", "accuracy", value, chance, higher_is_better, "", low, high)
+    assert result.beats_chance is expected
+
+
+def test_tables_show_the_interval():
+    results = [TaskResult("vqa", "accuracy", 0.6, 0.3, True, "[IMAGE:image] [TEXT:q] -> [TEXT:a]", 0.5, 0.7)]
+    assert "[0.500, 0.700]" in results_table(results) and "yes" in results_table(results)
+    assert "| vqa | `[IMAGE:image] [TEXT:q] -> [TEXT:a]` | accuracy | 0.600 | [0.500, 0.700] | 0.300 |" in (
+        results_markdown(results)
+    )
