@@ -172,11 +172,10 @@ def _closed_set_group(
     if not candidates:
         return budget, None
     # As evaluation does: the longest answer (with its </s>) bounds the steps, the trie constrains them.
-    trie = processor.closed_set_trie(candidates, plan, template_index=template, prefix_length=prefix)
     constraint = processor.closed_set_logits_processor(
         candidates, prefix_length=prefix, plan=plan, template_index=template
     )
-    return max(len(answer) for answer in trie), LogitsProcessorList([constraint])
+    return max(len(answer) for answer in constraint.trie), LogitsProcessorList([constraint])
 
 
 def prepare_demo_tasks(

@@ -191,6 +191,15 @@ def test_prediction_values(answer, kind, value):
     assert task.prediction(answer) == value
 
 
+def test_scored_pairs_drop_rows_without_references():
+    task = Task("t", GROUNDING)
+    answers = [{"box": [1.0, 2.0, 3.0, 4.0]}, {"box": None}, {"box": [0.0, 0.0, 5.0, 5.0]}]
+    predictions, references = task.scored_pairs(answers, [[1, 2, 3, 4], [0, 0, 1, 1], None])
+    assert predictions == [[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]
+    assert references == [[1, 2, 3, 4], [0, 0, 1, 1]]
+    assert task.scored_pairs(answers, None) == ([], [])
+
+
 def test_generation_settings_are_layered():
     caption = Task("caption", CAPTION)
     expected = {"num_beams": 5, "max_new_tokens": 32, "no_repeat_ngram_size": 3}

@@ -145,12 +145,11 @@ def _test_results(trainer: Any, built: Sequence[tuple[Any, Any, Any]]) -> list[T
         if test is None:
             continue
         output = trainer.predict(task.name, test)
-        references = output.label_ids if output.label_ids is not None else [None] * len(output.predictions)
-        pairs = [(task.prediction(a), r) for a, r in zip(output.predictions, references) if r is not None]
+        predictions, references = task.scored_pairs(output.predictions, output.label_ids)
         baseline = chance if chance is not None else math.nan
         for metric in task.metrics:
             spec = METRICS[metric]
-            low, high = bootstrap_interval(spec.fn, *map(list, zip(*pairs))) if pairs else (math.nan, math.nan)
+            low, high = bootstrap_interval(spec.fn, predictions, references)  # NaN without references
             value = output.metrics[f"test_{task.name}_{metric}"]
             results.append(
                 TaskResult(task.name, metric, value, baseline, spec.higher_is_better, task.instruction, low, high)

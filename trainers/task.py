@@ -345,6 +345,14 @@ class Task:
         key = {"text": "text", "label": "label", "objects": "objects", "codes": "codes"}[self.target_kind]
         return answer[key]
 
+    def scored_pairs(
+        self, answers: Sequence[Mapping[str, Any]], references: Sequence[Any] | None
+    ) -> tuple[list[Any], list[Any]]:
+        """The `(predictions, references)` that metrics score: each answer's `prediction` beside its reference, rows
+        without a reference left out (two empty lists when there are no references)."""
+        pairs = [(self.prediction(a), r) for a, r in zip(answers, references or []) if r is not None]
+        return [p for p, _ in pairs], [r for _, r in pairs]
+
     def __repr__(self) -> str:
         train = "none" if self.train_dataset is None else (self.num_train_examples or "streaming")
         evaluation = "none" if self.eval_dataset is None else (dataset_size(self.eval_dataset) or "streaming")

@@ -532,9 +532,8 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         out: dict[str, float] = {}
         if run.tokens:
             out[f"{prefix}_loss"] = run.nll / run.tokens
-        pairs = [(task.prediction(a), r) for a, r in zip(run.answers, run.references) if r is not None]
-        if task.metrics and pairs:
-            predictions, references = zip(*pairs)
+        predictions, references = task.scored_pairs(run.answers, run.references)
+        if task.metrics and predictions:
             for name, value in compute_metrics(task.metrics, predictions, references).items():
                 out[f"{prefix}_{name}"] = value
         if run.skipped:
