@@ -7,7 +7,7 @@ import math
 import pytest
 
 from trainers.metrics import METRICS
-from trainers.report import TaskResult, bootstrap_interval, results_markdown, results_table
+from trainers.report import TaskResult, bootstrap_interval, curve_series, results_markdown, results_table
 
 
 def accuracy(predictions, references):
@@ -77,3 +77,30 @@ def test_tables_show_the_interval():
     assert "| vqa | `[IMAGE:image] [TEXT:q] -> [TEXT:a]` | accuracy | 0.600 | [0.500, 0.700] | 0.300 |" in (
         results_markdown(results)
     )
+
+
+def test_curve_series_splits_evaluation_keys_at_the_task_name():
+    # Task names with "_" (and one that is a prefix of another) must not be cut at their first underscore.
+    tasks = ["motion", "motion_class", "table_qa"]
+    history = [
+        {"step": 50, "loss": 2.0, "loss_motion_class": 1.5, "loss_table_qa": 1.2, "loss_other": 9.0},
+        {
+            "step": 100,
+            "eval_motion_class_accuracy": 0.5,
+            "eval_motion_class_loss": 0.7,
+            "eval_motion_accuracy": 0.25,
+            "eval_table_qa_exact_match": 0.4,
+            "eval_loss": 0.9,
+            "eval_runtime": 3.0,
+            "eval_other_accuracy": 1.0,
+            "epoch": 1.0,
+        },
+        {"loss_table_qa": 1.0},  # no step: skipped
+    ]
+    losses, metrics = curve_series(history, tasks)
+    assert losses == {"motion_class": [(50, 1.5)], "table_qa": [(50, 1.2)]}
+    assert metrics == {
+        "motion_class accuracy": [(100, 0.5)],
+        "motion accuracy": [(100, 0.25)],
+        "table_qa exact_match": [(100, 0.4)],
+    }

@@ -8,13 +8,12 @@ the whole interval lies on the right side of the chance score: "clearly above ch
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TaskResult", "bootstrap_interval", "plot_curves", "results_markdown", "results_table"]
+__all__ = ["TaskResult", "bootstrap_interval", "curve_series", "plot_curves", "results_markdown", "results_table"]
 
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
@@ -135,33 +134,47 @@ def results_markdown(results: Sequence[TaskResult]) -> str:
     return "\n".join(lines)
 
 
-_LOSS_KEY = re.compile(r"^loss_(?P<task>.+)$")
-_EVAL_KEY = re.compile(r"^eval_(?P<task>.+?)_(?P<metric>[a-z0-9_]+)$")
+def curve_series(
+    log_history: Sequence[Mapping[str, Any]], tasks: Sequence[str]
+) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
+    """The points `plot_curves` draws: ({task: [(step, loss)]}, {"<task> <metric>": [(step, value)]}).
+
+    Keys are `loss_<task>` (training) and `eval_<task>_<metric>` (evaluation). Task names may contain `_`
+    (`motion_class`), so an evaluation key is split at the longest task name it starts with, not at an underscore.
+    """
+    by_length = sorted(tasks, key=len, reverse=True)
+    losses: dict[str, list[tuple[int, float]]] = {}
+    metrics: dict[str, list[tuple[int, float]]] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        for key, value in entry.items():
+            if not isinstance(value, (int, float)):
+                continue
+            if key.startswith("loss_") and key[len("loss_") :] in tasks:
+                losses.setdefault(key[len("loss_") :], []).append((step, float(value)))
+            elif key.startswith("eval_"):
+                task = next((t for t in by_length if key.startswith(f"eval_{t}_")), None)
+                metric = key[len(f"eval_{task}_") :] if task else ""
+                if task and metric not in ("", "loss", "runtime"):
+                    metrics.setdefault(f"{task} {metric}", []).append((step, float(value)))
+    return losses, metrics
 
 
 def plot_curves(log_history: Sequence[Mapping[str, Any]], path: str | Path, tasks: Sequence[str]) -> Path:
     """Plot per-task training loss and evaluation metrics against the step, into one PNG with two panels.
 
     `log_history` is `trainer.state.log_history`: entries with `step` and keys `loss_<task>` (training) and
-    `eval_<task>_<metric>` (evaluation).
+    `eval_<task>_<metric>` (evaluation); `curve_series` picks the points.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    losses: dict[str, list[tuple[int, float]]] = {}
-    metrics: dict[str, list[tuple[int, float]]] = {}
-    for entry in log_history:
-        step = entry.get("step")
-        for key, value in entry.items():
-            if not isinstance(value, (int, float)) or step is None:
-                continue
-            if (m := _LOSS_KEY.match(key)) and m["task"] in tasks:
-                losses.setdefault(m["task"], []).append((step, float(value)))
-            elif (m := _EVAL_KEY.match(key)) and m["task"] in tasks and m["metric"] not in ("loss", "runtime"):
-                metrics.setdefault(f"{m['task']} {m['metric']}", []).append((step, float(value)))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    losses, metrics = curve_series(log_history, tasks)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6))
     for name, points in sorted(losses.items()):
         left.plot(*zip(*points), label=name)
     left.set(title="training loss per task", xlabel="optimizer step", ylabel="token cross-entropy")
@@ -170,7 +183,8 @@ def plot_curves(log_history: Sequence[Mapping[str, Any]], path: str | Path, task
     right.set(title="validation metric per task", xlabel="optimizer step", ylabel="metric")
     for ax in (left, right):
         if ax.lines:
-            ax.legend(fontsize=7, ncol=2)
+            # Below the panel: inside it, the legend hides whichever curves run where it is placed.
+            ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
