@@ -23,7 +23,10 @@ What it adds to `Seq2SeqTrainer`, and how it stays a `Trainer`:
 - **Resume.** Each checkpoint holds the schedule state after the last consumed micro-batch (`multitask_schedule.json`);
   `train(resume_from_checkpoint=...)` restores it, so the resumed run sees exactly the batches the uninterrupted run
   would have. `Trainer`'s own batch skipping is off (`ignore_data_skip`), since it would skip twice.
-  `resume_from_checkpoint=True` takes the newest *complete* checkpoint (one killed while saving is passed over).
+  `resume_from_checkpoint=True` takes the newest *complete* checkpoint: each checkpoint is vouched for by a marker
+  written last (`checkpoint_complete.json`, with every file's size), so one killed while saving, or a file truncated
+  since, is passed over with a warning that names it. Older checkpoints are rotated out only after the new one is
+  complete. The DataLoader has its own seed generator, so the torch RNG that dropout draws from continues exactly.
 - **Logs.** Every training log gets `loss_<task>` (token negative log-likelihood of that task's micro-batches since
   the last log, over all ranks), `sampled_<task>` (share of micro-batches so far) and, for mixture-of-experts models,
   router statistics (`moe/...`). They go through `Trainer.log`, so every reporter and the progress bar see them.
@@ -60,7 +63,13 @@ from transformers import (
 from transformers.distributed.fsdp import is_fsdp_managed_module
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, TrainOutput, speed_metrics
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    PredictionOutput,
+    TrainOutput,
+    rotate_checkpoints,
+    speed_metrics,
+)
 
 from modeling_ofa import collect_moe_stats
 from processing import ExampleError, OFAProcessor
@@ -70,10 +79,59 @@ from .metrics import compute_metrics
 from .sampling import STRATEGIES
 from .task import Task
 
-__all__ = ["SCHEDULE_STATE_NAME", "MultiTaskTrainer"]
+__all__ = ["CHECKPOINT_COMPLETE_NAME", "SCHEDULE_STATE_NAME", "MultiTaskTrainer", "checkpoint_problem"]
 
 SCHEDULE_STATE_NAME = "multitask_schedule.json"
 """File in each checkpoint holding the schedule state after the last consumed micro-batch."""
+
+CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
+"""Completion marker of a checkpoint, written last: the global step and the size of every file of the checkpoint."""
+
+
+def _folder_files(folder: str) -> dict[str, int]:
+    """`{relative path: size in bytes}` of every file under `folder` except the completion marker."""
+    sizes = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder)
+            if relative != CHECKPOINT_COMPLETE_NAME:
+                sizes[relative] = os.path.getsize(path)
+    return sizes
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why the checkpoint `folder` cannot be resumed from (naming the file), or `None` when it is complete.
+
+    Complete means: the completion marker ([`CHECKPOINT_COMPLETE_NAME`], written after every other file) is there,
+    every file it lists has the recorded size, and the Trainer and schedule states parse as JSON.
+    """
+    marker = os.path.join(folder, CHECKPOINT_COMPLETE_NAME)
+    if not os.path.isfile(marker):
+        return f"no {CHECKPOINT_COMPLETE_NAME} (interrupted while saving, or not saved by MultiTaskTrainer)"
+    try:
+        with open(marker) as handle:
+            files = json.load(handle)["files"]
+        expected = {str(name): int(size) for name, size in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"{CHECKPOINT_COMPLETE_NAME} is damaged ({error})"
+    for name, size in sorted(expected.items()):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != size:
+            return f"{name} has {os.path.getsize(path)} bytes, {size} were written (truncated or overwritten)"
+    for name in (TRAINER_STATE_NAME, SCHEDULE_STATE_NAME):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        try:
+            with open(path) as handle:
+                json.load(handle)
+        except (OSError, ValueError) as error:
+            return f"{name} is not valid JSON ({error})"
+    return None
+
 
 MOE_LOG_LEVELS = ("none", "summary", "all")
 _MOE_EXPERT_KEY = re.compile(r"moe/.+/(expert_\d+_fraction)$")
@@ -284,9 +342,15 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             warnings.warn("a task streams its training data: using dataloader_num_workers=0", stacklevel=2)
             workers = 0
         accelerator_available = torch.accelerator.is_available() if hasattr(torch, "accelerator") else False
+        # Each `iter(DataLoader)` draws a base seed for its workers; from the global torch RNG, that draw would come
+        # after `Trainer` restored a checkpoint's RNG state on resume (with `ignore_data_skip` the state is restored
+        # before the epoch's iterator is created), leaving dropout one draw ahead of the uninterrupted run. The
+        # loader's own generator keeps the global RNG out of it (the micro-batches are seeded by the schedule).
+        generator = torch.Generator().manual_seed(data.seed)
         return DataLoader(
             data,
             batch_size=None,  # the dataset yields collated micro-batches
+            generator=generator,
             num_workers=workers,
             pin_memory=self.args.dataloader_pin_memory and accelerator_available,
             persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
@@ -380,20 +444,52 @@ class MultiTaskTrainer(Seq2SeqTrainer):
     # ------------------------------------------------------------------------------------------------------------
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        # Written before the Trainer's files, so a checkpoint with a trainer_state.json always has the schedule too.
-        if self._consumed_state is not None and self.args.should_save:
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            folder = os.path.join(self._get_output_dir(trial=trial), name)
-            os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, SCHEDULE_STATE_NAME)
-            with open(path + ".tmp", "w") as handle:
-                json.dump(self._consumed_state, handle, indent=1)
-            os.replace(path + ".tmp", path)
-        super()._save_checkpoint(model, trial)
+        """`Trainer`'s checkpoint plus the schedule state, made atomic by a completion marker written last.
+
+        A checkpoint without a valid marker ([`checkpoint_problem`]) is never resumed from by
+        `resume_from_checkpoint=True`. Old checkpoints are rotated out (`save_total_limit`) only after the new one is
+        complete, so a crash while saving always leaves the previous complete checkpoint in place.
+        """
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            # A marker left by an earlier run at this step (an overwritten output_dir) must not vouch for new files.
+            if os.path.isfile(os.path.join(folder, CHECKPOINT_COMPLETE_NAME)):
+                os.remove(os.path.join(folder, CHECKPOINT_COMPLETE_NAME))
+            if self._consumed_state is not None:
+                os.makedirs(folder, exist_ok=True)
+                path = os.path.join(folder, SCHEDULE_STATE_NAME)
+                with open(path + ".tmp", "w") as handle:
+                    json.dump(self._consumed_state, handle, indent=1)
+                os.replace(path + ".tmp", path)
+        save_total_limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotation waits for the marker (below)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = save_total_limit
+        # Every rank has written its files (its RNG state) before the main process vouches for the folder.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save and os.path.isdir(folder):
+            marker = os.path.join(folder, CHECKPOINT_COMPLETE_NAME)
+            content = {"global_step": self.state.global_step, "files": _folder_files(folder)}
+            with open(marker + ".tmp", "w") as handle:
+                json.dump(content, handle, indent=1)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(marker + ".tmp", marker)
+            rotate_checkpoints(
+                output_dir=self._get_output_dir(trial=trial),
+                save_total_limit=save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     @staticmethod
     def last_complete_checkpoint(output_dir: str) -> str | None:
-        """The newest `checkpoint-N` folder of `output_dir` with both the Trainer state and the schedule state."""
+        """The newest complete `checkpoint-N` folder of `output_dir` (see [`checkpoint_problem`]), or `None`.
+
+        Every newer checkpoint passed over is named in a warning with what is wrong with it.
+        """
         if not os.path.isdir(output_dir):
             return None
         pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -402,9 +498,10 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         )
         for _, name in found:
             folder = os.path.join(output_dir, name)
-            if all(os.path.isfile(os.path.join(folder, f)) for f in (TRAINER_STATE_NAME, SCHEDULE_STATE_NAME)):
+            problem = checkpoint_problem(folder)
+            if problem is None:
                 return folder
-            warnings.warn(f"skipping incomplete checkpoint {folder} (interrupted while saving?)", stacklevel=2)
+            warnings.warn(f"skipping incomplete checkpoint {folder}: {problem}", stacklevel=2)
         return None
 
     def train(
@@ -424,6 +521,12 @@ class MultiTaskTrainer(Seq2SeqTrainer):
                 raise ValueError(
                     f"checkpoint {resume_from_checkpoint!r} has no {SCHEDULE_STATE_NAME}: it was not saved by "
                     "MultiTaskTrainer, or was interrupted while saving"
+                )
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                raise ValueError(
+                    f"checkpoint {resume_from_checkpoint!r} cannot be resumed from: {problem}; pass "
+                    "resume_from_checkpoint=True to take the newest complete checkpoint"
                 )
             with open(path) as handle:
                 self._resume_state = json.load(handle)
