@@ -1,7 +1,10 @@
 """Instruction grammar, per-modality preprocessors and `OFAProcessor`.
 
 Importing this package registers `OFAProcessor`, `OFAImageProcessor` and `OFAAudioFeatureExtractor` with the
-transformers Auto classes for `model_type="ofa"`.
+transformers Auto classes for `model_type="ofa"`, and for `register_for_auto_class`: `save_pretrained` writes their
+code and an `auto_map` into the folder, so `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` works where
+this package is not installed (without either, transformers refuses to load the folder instead of returning a bare
+tokenizer).
 """
 
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoProcessor
@@ -82,3 +85,6 @@ __all__ = [
 AutoImageProcessor.register(OFAConfig, image_processor_classes={"pil": OFAImageProcessor}, exist_ok=True)
 AutoFeatureExtractor.register(OFAConfig, OFAAudioFeatureExtractor, exist_ok=True)
 AutoProcessor.register(OFAConfig, OFAProcessor, exist_ok=True)
+OFAProcessor.register_for_auto_class("AutoProcessor")
+OFAImageProcessor.register_for_auto_class("AutoImageProcessor")
+OFAAudioFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")

@@ -18,12 +18,16 @@ target, `labels` is -100 per prefix token + target + `</s>`.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .audio import OFAAudioFeatureExtractor
 from .closed_set import CandidateTrie, ClosedSetLogitsProcessor
@@ -32,15 +36,27 @@ from .image import OFAImageProcessor
 from .instruction import MODALITIES, RepeatGroup, Slot, TaskPlan, Template, parse_instruction
 from .location import bins_to_box, box_to_bins
 from .motion import MotionPreprocessor
+from .remote_code import make_code_self_contained
 from .struct import StructPreprocessor
 from .text import OFAVocab, TextPreprocessor
 from .video import VideoPreprocessor
 
-__all__ = ["OFAProcessor", "ExampleError"]
+__all__ = ["PROMPT_INSTRUCTIONS", "OFAProcessor", "ExampleError"]
 
 SPLITS = ("train", "eval", "test")  # corruptions (mask_ratio, noise_ratio) apply to "train" only
 _SEPARATE_INPUTS = {"IMAGE": "pixel_values", "VIDEO": "video_pixel_values", "AUDIO": "audio_features"}
 _SEPARATE_INPUTS["MOTION"] = "motion_features"
+
+
+PROMPT_INSTRUCTIONS: dict[str, str] = {
+    "image": "[IMAGE:image] [TEXT:prompt] -> [TEXT:answer]",
+    "text": "[TEXT:prompt] -> [TEXT:answer]",
+}
+"""How `processor(images=..., text=...)` encodes a free prompt (with an image, or text only)."""
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 class ExampleError(ValueError):
@@ -122,6 +138,25 @@ class OFAProcessor(ProcessorMixin):
             except ValueError as err:
                 raise ValueError(f"task_instructions[{name!r}] is malformed: {err}") from err
 
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> Any:
+        """`ProcessorMixin.save_pretrained`, with the processor's code saved so that it loads without this package.
+
+        The folder gets the processor's modules and an `auto_map` (the class is registered with
+        `register_for_auto_class` on import), so `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` works
+        where `ofa-hf` is not installed. `push_to_hub=True` goes through `push_to_hub`, which saves with this method.
+        """
+        if push_to_hub:
+            # transformers would upload inside its own save_pretrained, before the saved code is made self-contained.
+            repo_id = kwargs.pop("repo_id", Path(save_directory).name)
+            self.save_pretrained(save_directory)
+            return self.push_to_hub(repo_id, **kwargs)
+        saved = super().save_pretrained(save_directory, **kwargs)
+        if self._auto_class is not None:
+            module = Path(sys.modules[type(self).__module__].__file__)
+            names = [module.name, *(Path(f).name for f in get_relative_import_files(module))]
+            make_code_self_contained(save_directory, names)
+        return saved
+
     # ------------------------------------------------------------------------------------------------------------
     # Plans
     # ------------------------------------------------------------------------------------------------------------
@@ -150,15 +185,33 @@ class OFAProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        instruction: str | TaskPlan,
-        rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        instruction: str | TaskPlan | None = None,
+        rows: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         *,
+        images: Any = None,
+        text: str | Sequence[str] | None = None,
         split: str = "eval",
         seed: int = 0,
         task: str | None = None,
         with_targets: bool | None = None,
+        **kwargs: Any,
     ) -> BatchFeature:
-        """Encode one row (a mapping) or a list of rows and collate them into model inputs."""
+        """Encode one row (a mapping) or a list of rows and collate them into model inputs.
+
+        Also the transformers processor call, `processor(images=..., text=...)`, as `pipeline("image-text-to-text")`
+        makes it: each prompt (with its image, if any) is encoded with `PROMPT_INSTRUCTIONS` (the prompt is the encoder
+        text, the answer free text). `return_tensors="pt"` and `padding` are accepted: batches are always padded
+        tensors.
+        """
+        unknown = sorted(set(kwargs) - {"return_tensors", "padding"})
+        if unknown or kwargs.get("return_tensors") not in (None, "pt"):
+            raise TypeError(f"OFAProcessor got unsupported arguments {unknown or kwargs}; batches are torch tensors")
+        if images is not None or text is not None:
+            if instruction is not None or rows is not None:
+                raise TypeError("pass an instruction and rows, or images= and text= (a prompt), not both")
+            instruction, rows = self._prompt_rows(images, text)
+        elif instruction is None or rows is None:
+            raise TypeError("OFAProcessor needs an instruction and rows: processor(instruction, row_or_rows)")
         plan = self.plan(instruction)
         rows = [rows] if isinstance(rows, Mapping) else list(rows)
         examples = [
@@ -166,6 +219,33 @@ class OFAProcessor(ProcessorMixin):
             for i, row in enumerate(rows)
         ]
         return self.collate(examples)
+
+    @staticmethod
+    def _prompt_rows(images: Any, text: str | Sequence[str] | None) -> tuple[str, list[dict[str, Any]]]:
+        """The instruction and rows of a standard `images=`, `text=` call: one row per prompt."""
+        if text is None:
+            raise ValueError("OFA answers a prompt: pass text= (e.g. 'what does the image describe?') with the images")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"text must be a prompt string or a list of them, got {text!r}")
+        if images is None:
+            return PROMPT_INSTRUCTIONS["text"], [{"prompt": t} for t in texts]
+        # One image per prompt; the pipeline passes nested lists ([[image], ...]) for one image per prompt.
+        flat = [i[0] if isinstance(i, (list, tuple)) and len(i) == 1 else i for i in _as_list(images)]
+        if len(flat) != len(texts):
+            raise ValueError(f"{len(flat)} image(s) for {len(texts)} prompt(s): OFA takes one image per prompt")
+        return PROMPT_INSTRUCTIONS["image"], [{"image": i, "prompt": t} for i, t in zip(flat, texts)]
+
+    def post_process_image_text_to_text(self, generated_outputs: Any, skip_special_tokens: bool = True, **kwargs: Any):
+        """Generated (or input) ids (B, T) -> one string per row, as `pipeline("image-text-to-text")` decodes them.
+
+        OFA's special tokens (`<s>`, `</s>`, padding, location bins, image codes) are always dropped: they are not text.
+        """
+        rows = generated_outputs.tolist() if hasattr(generated_outputs, "tolist") else list(generated_outputs)
+        return [self.text.decode([t for t in self._target_ids(list(ids), {}) if not self._non_text(t)]) for ids in rows]
+
+    def _non_text(self, token: int) -> bool:
+        return self.vocab.is_bin(token) or self.vocab.is_code(token) or token == self.vocab.bos_id
 
     def collate(self, examples: Sequence[dict[str, Any]]) -> BatchFeature:
         """Pad and stack encoded examples (see `processing.collator.collate_examples`)."""

@@ -5,6 +5,11 @@ Examples:
     python scripts/push_to_hub.py out/ofa-demo me/ofa-demo --write-card --results results.json --private
     python scripts/push_to_hub.py out/ofa-demo me/ofa-demo --dry-run --run-snippets   # also run the card's code
 
+Only the Hub repo is uploaded: the files `trainers.hub.hub_files` lists (configs, weights, the model's and processor's
+code, processor and tokenizer files, the card, results, plots), never training state (`checkpoints/`, optimizer, RNG,
+`training_args.bin`). `--dry-run` prints exactly that list under "files". The uploaded card's usage snippets name the
+target repo; `--run-snippets` runs them verbatim against an offline Hub cache holding exactly those files.
+
 `--results` is a JSON file of `{task: {metric: value}}` or of Trainer-style flat metrics (`eval_caption_cider`).
 `--datasets` is a JSON file of `{task: dataset_id}`. The logic lives in `trainers.hub`; the token comes from
 `HF_TOKEN` or `hf auth login`.
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.hub import (
+    hub_files,
     push_hub_folder,
     results_from_metrics,
     run_usage_snippets,
@@ -55,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path, help="folder with config.json, model.safetensors, processor files")
     parser.add_argument("repo_id", help="target repo, 'user/name' or 'org/name'")
     parser.add_argument("--dry-run", action="store_true", help="validate the folder and card only; no network")
-    parser.add_argument("--run-snippets", action="store_true", help="also run the card's usage code (offline)")
+    parser.add_argument(
+        "--run-snippets", action="store_true", help="also run the card's usage code verbatim, offline, as repo_id"
+    )
     parser.add_argument("--write-card", action="store_true", help="(re)write README.md from the folder's files")
     parser.add_argument("--results", help="JSON metrics for the card's model-index (with --write-card)")
     parser.add_argument("--datasets", help="JSON {task: dataset_id} for the card (with --write-card)")
@@ -84,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     summary = {
         "folder": str(args.folder),
         "repo_id": args.repo_id,
-        "files": sorted(p.name for p in args.folder.iterdir() if p.is_file()),
+        "files": hub_files(args.folder),  # exactly what a push uploads
         "pipeline_tag": metadata.get("pipeline_tag"),
         "tags": metadata.get("tags"),
         "results": sum(len(r["metrics"]) for entry in metadata.get("model-index", []) for r in entry["results"]),
     }
     if args.run_snippets:
-        summary["snippet_outputs"] = [out.strip() for out in run_usage_snippets(args.folder)]
+        summary["snippet_outputs"] = [out.strip() for out in run_usage_snippets(args.folder, repo_id=args.repo_id)]
     print(json.dumps(summary, indent=2))
     if args.dry_run:
         print("dry run: the folder is valid; nothing was uploaded")

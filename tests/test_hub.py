@@ -116,18 +116,24 @@ def test_card_body_lists_tasks_results_and_usage(folder):
     assert "| `caption` | HuggingFaceM4/COCO | cider | 1.044 |" in text
     assert "| layers (encoder / decoder) | 2 / 2 |" in text
     snippets = extract_usage_snippets((folder / "README.md").read_text())
-    assert len(snippets) == 2
+    assert len(snippets) == 3
     assert 'model_id = "ofa-hf/ofa-tiny-demo"' in snippets[0] and 'pipeline("ofa-instruction"' in snippets[0]
     assert "closed_set_logits_processor" in snippets[1]  # vqa, the first task, is a closed set
+    # The card's pipeline_tag, with caption's prompt (vqa has no literal prompt).
+    assert 'pipeline("image-text-to-text"' in snippets[2] and "text='what does the image describe?'" in snippets[2]
 
 
 def test_usage_snippets_run_offline_against_the_folder(folder):
     # One thread: on a busy 2-core machine a second OpenMP thread only spins (3x slower here).
-    pipeline_output, direct_output = run_usage_snippets(folder, timeout=300, env={"OMP_NUM_THREADS": "1"})
+    pipeline_output, direct_output, standard_output = run_usage_snippets(
+        folder, timeout=300, env={"OMP_NUM_THREADS": "1"}
+    )
     through_pipeline = ast.literal_eval(pipeline_output.strip().splitlines()[-1])
     direct = ast.literal_eval(direct_output.strip().splitlines()[-1])
     assert through_pipeline["label"] in {"red", "blue", "green circle"} and through_pipeline["in_set"] is True
     assert direct == [through_pipeline]  # the two snippets compute the same answer
+    (standard,) = ast.literal_eval(standard_output.strip().splitlines()[-1])
+    assert standard["input_text"] == "what does the image describe?" and isinstance(standard["generated_text"], str)
 
 
 @pytest.mark.parametrize(
@@ -149,15 +155,18 @@ def test_task_pipeline_tags(instruction, tag):
 
 
 @pytest.mark.parametrize(
-    ("tasks", "tag"),
+    "tasks",
     [
-        ({"a": TASKS["caption"]}, "image-text-to-text"),
-        ({"a": TASKS["caption"], "b": GROUNDING}, "image-text-to-text"),
-        ({"a": TASKS["caption"], "b": "[AUDIO:wav] what is said? -> [TEXT:text]"}, "any-to-any"),
-        ({"a": "what is the complete image? caption: [TEXT:text] -> [IMAGE_CODE:codes]"}, "text-to-image"),
+        {"a": TASKS["caption"]},
+        {"a": TASKS["caption"], "b": GROUNDING},
+        {"a": TASKS["caption"], "b": "[AUDIO:wav] what is said? -> [TEXT:text]"},
+        {"a": "what is the complete image? caption: [TEXT:text] -> [IMAGE_CODE:codes]"},
     ],
 )
-def test_model_pipeline_tag(tasks, tag):
+def test_model_pipeline_tag_is_the_pipeline_that_runs_ofa(tasks):
+    """Whatever the tasks, the card names the standard pipeline OFA runs (`any-to-any` needs torchvision and a
+    multimodal-LM contract; `text-to-image` and the others have no pipeline for OFA)."""
+    tag = "image-text-to-text"
     assert build_model_card(tasks, model_name="m").data.pipeline_tag == tag
 
 
@@ -258,11 +267,15 @@ def hub_calls(monkeypatch):
     def create_repo(self, repo_id, **kwargs):
         calls.append(("create_repo", repo_id, kwargs))
 
-    def upload_folder(self, **kwargs):
-        calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+    def create_commit(self, **kwargs):
+        calls.append(("create_commit", kwargs["repo_id"], kwargs))
         return type("Commit", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/0"})()
 
+    def upload_folder(self, **kwargs):  # a push must name its files, never upload a folder wholesale
+        calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
 
@@ -276,12 +289,27 @@ def test_cli_dry_run_touches_no_network(folder, hub_calls, capsys):
     assert hub_calls == []
 
 
-def test_cli_push_uploads_the_folder(folder, hub_calls, capsys):
-    load_script().main([str(folder), "me/ofa-tiny-demo", "--private", "--commit-message", "v1"])
-    assert [c[0] for c in hub_calls] == ["create_repo", "upload_folder"]
+def test_cli_push_uploads_exactly_the_dry_run_list(folder, hub_calls, capsys, tmp_path):
+    run = shutil.copytree(folder, tmp_path / "run")
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    for name in ("optimizer.pt", "rng_state.pth", "training_args.bin", "trainer_state.json"):
+        (run / "checkpoints" / "checkpoint-2" / name).write_bytes(b"state")
+    (run / "training_args.bin").write_bytes(b"pickle")
+    (run / "trainer_state.json").write_text("{}")
+    load_script().main([str(run), "me/ofa-tiny-demo", "--dry-run"])
+    out = capsys.readouterr().out
+    listed = json.loads(out[: out.rindex("}") + 1])["files"]
+    load_script().main([str(run), "me/ofa-tiny-demo", "--private", "--commit-message", "v1"])
+    assert [c[0] for c in hub_calls] == ["create_repo", "create_commit"]
     assert hub_calls[0][2] == {"private": True, "exist_ok": True}
-    upload = hub_calls[1][2]
-    assert upload["folder_path"] == str(folder) and upload["commit_message"] == "v1"
+    commit = hub_calls[1][2]
+    assert commit["commit_message"] == "v1"
+    uploaded = [operation.path_in_repo for operation in commit["operations"]]
+    assert uploaded == listed
+    assert {"config.json", "model.safetensors", "processor_config.json", "README.md", "modeling_ofa.py"} <= set(listed)
+    assert not {"training_args.bin", "trainer_state.json"} & set(listed) and all("/" not in n for n in listed)
+    card = next(op for op in commit["operations"] if op.path_in_repo == "README.md")
+    assert 'model_id = "me/ofa-tiny-demo"' in card.path_or_fileobj.decode()  # the card names the repo it is pushed to
     assert "commit/0" in capsys.readouterr().out
 
 

@@ -9,6 +9,9 @@ save_hub_folder(model, processor, "out/ofa-demo", repo_id="me/ofa-demo",
 push_hub_folder("out/ofa-demo", "me/ofa-demo")  # or: python scripts/push_to_hub.py out/ofa-demo me/ofa-demo
 ```
 
+A push uploads exactly `hub_files(folder)` (configs, weights, the saved code, processor and tokenizer files, the card,
+results and plots), never training state such as `checkpoints/`, and the uploaded card names the repo it is pushed to.
+
 The folder is what `model.save_pretrained` and `processor.save_pretrained` write (`config.json`,
 `model.safetensors`, `generation_config.json`, `processor_config.json`, tokenizer files), plus `README.md`: YAML
 metadata (library, tags, pipeline tag, license, datasets, metrics, and a `model-index` with one result per task and
@@ -23,18 +26,21 @@ The usage snippets name the model by a `model_id = "..."` line; `run_usage_snipp
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
 from modeling_ofa import OFAConfig, OFAPreTrainedModel
 from processing.instruction import RepeatGroup, Slot, Template, parse_instruction
@@ -42,10 +48,14 @@ from processing.instruction import RepeatGroup, Slot, Template, parse_instructio
 __all__ = [
     "HUB_PIPELINE_TAGS",
     "HUB_TAGS",
+    "MODEL_PIPELINE_TAG",
     "REQUIRED_FILES",
     "build_model_card",
+    "build_standard_pipeline_snippet",
     "build_usage_snippets",
     "extract_usage_snippets",
+    "hub_files",
+    "point_card_at",
     "push_hub_folder",
     "results_from_metrics",
     "run_usage_snippets",
@@ -70,10 +80,11 @@ _TASK_PIPELINE_TAGS: dict[tuple[str, str], str] = {
     ("AUDIO", "text"): "automatic-speech-recognition",
     ("VIDEO", "text"): "video-text-to-text",
 }
-# Tags of image+text models: a model whose tasks all have one of these is an "image-text-to-text" model.
-_VISION_LANGUAGE_TAGS = frozenset(
-    {"text-generation", "image-text-to-text", "zero-shot-object-detection", "object-detection"}
-)
+MODEL_PIPELINE_TAG = "image-text-to-text"
+"""The card's `pipeline_tag`: the standard transformers pipeline every OFA model runs (`pipeline("image-text-to-text",
+model=...)`: images and a free prompt, or a prompt alone, to text). The per-task tags above only type the
+`model-index` results: transformers 5 has no pipeline for OFA's other tasks (`any-to-any` needs torchvision and a
+multimodal-LM output contract; boxes and codes come from `pipeline("ofa-instruction")`)."""
 HUB_PIPELINE_TAGS: frozenset[str] = frozenset(_TASK_PIPELINE_TAGS.values()) | {"any-to-any"}
 """Every pipeline tag a generated card may carry."""
 
@@ -91,6 +102,15 @@ REQUIRED_FILES: tuple[tuple[str, ...], ...] = (
     ("README.md",),
 )
 """Files a Hub folder must hold; each entry is satisfied by any of its names."""
+
+HUB_FILE_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.py", "*.md", "*.png", "*.txt", "*.jinja", "*.model")
+"""What a Hub repo holds, by name, at the folder's top level: configs (model, generation, processor, tokenizer),
+weights, the model's and processor's code (`auto_map`), the card, results and plots, tokenizer vocabularies."""
+TRAINING_STATE_FILES: frozenset[str] = frozenset(
+    {"trainer_state.json", "multitask_schedule.json", "checkpoint_complete.json"}
+)
+"""Training state that matches `HUB_FILE_PATTERNS` but is never published (optimizer, scheduler, RNG and pickled
+training arguments never match: `*.pt`, `*.pth`, `*.bin`; `checkpoints/` and other subfolders are never uploaded)."""
 
 
 # Inputs the usage snippet builds for each encoder slot, by modality: Python expressions, stand-ins the reader replaces
@@ -155,13 +175,6 @@ def task_pipeline_tag(instruction: str) -> str:
     """The Hub pipeline tag of one task (from its first template): e.g. `image-text-to-text` for captioning."""
     template = parse_instruction(instruction).templates[0]
     return _TASK_PIPELINE_TAGS.get((_main_input(template), _target_kind(template)), "any-to-any")
-
-
-def _model_pipeline_tag(tasks: Mapping[str, str]) -> str:
-    tags = {task_pipeline_tag(instruction) for instruction in tasks.values()}
-    if len(tags) == 1:
-        return tags.pop()
-    return "image-text-to-text" if tags <= _VISION_LANGUAGE_TAGS else "any-to-any"
 
 
 def _modality_tags(tasks: Mapping[str, str]) -> list[str]:
@@ -257,6 +270,37 @@ def _row_lines(template: Template, example_inputs: Mapping[str, str]) -> tuple[l
     return lines, imports
 
 
+def _prompt_task(template: Template) -> str | None:
+    """The prompt of an `[IMAGE:x] <prompt text> -> [TEXT:y]` template (what `pipeline("image-text-to-text")` asks
+    with `text=`), else None."""
+    encoder, target = list(template.encoder), template.target_slot
+    if not isinstance(target, Slot) or target.modality != "TEXT" or len(encoder) != 2:
+        return None
+    image, prompt = encoder
+    if not (isinstance(image, Slot) and image.modality == "IMAGE" and isinstance(prompt, Slot) and prompt.is_plaintext):
+        return None
+    return prompt.text
+
+
+def build_standard_pipeline_snippet(model_id: str, prompt: str) -> str:
+    """A runnable snippet of the standard `pipeline("image-text-to-text")` (the card's `pipeline_tag`) on one image."""
+    return (
+        "\n".join(
+            [
+                "import processing  # noqa: F401  (pip install ofa-hf) registers OFA; or pass trust_remote_code=True",
+                "from PIL import Image",
+                "from transformers import pipeline",
+                "",
+                f"model_id = {json.dumps(model_id)}  # a Hub repo id or a local folder",
+                'pipe = pipeline("image-text-to-text", model=model_id)',
+                f"image = {_EXAMPLES['IMAGE']}  # your image",
+                f"print(pipe(images=image, text={prompt!r}, return_full_text=False, max_new_tokens=32))",
+            ]
+        )
+        + "\n"
+    )
+
+
 def build_usage_snippets(
     model_id: str,
     task: str,
@@ -350,19 +394,41 @@ print(json.dumps(outputs))
 """
 
 
+def _offline_hub_cache(folder: Path, repo_id: str, root: Path) -> Path:
+    """A Hub cache under `root` in which `repo_id` holds what a push of `folder` uploads, so that `from_pretrained(
+    repo_id)` resolves offline exactly as it would after the push (no files but `hub_files`, the card pointed at it)."""
+    cache = root / "hub"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for name in hub_files(folder):
+        if name == "README.md":
+            (snapshot / name).write_text(point_card_at((folder / name).read_text(encoding="utf-8"), repo_id))
+        else:
+            shutil.copyfile(folder / name, snapshot / name)
+    return cache
+
+
 def run_usage_snippets(
     folder: str | os.PathLike,
     *,
+    repo_id: str | None = None,
     isolated: bool = False,
     timeout: float = 600.0,
     env: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Run the card's usage snippets against the folder itself, offline, in a fresh Python process.
+    """Run the card's usage snippets, offline, in a fresh Python process (`HF_HUB_OFFLINE=1`).
 
-    Every snippet's `model_id = "..."` line is pointed at `folder`; `HF_HUB_OFFLINE=1` makes any Hub access fail.
+    With `repo_id`, the snippets run verbatim, naming `repo_id`, against an offline Hub cache in which `repo_id` holds
+    exactly what `push_hub_folder(folder, repo_id)` would upload: the check that the published card works. Without it,
+    every snippet's `model_id = "..."` line is pointed at `folder` itself.
 
     Args:
         folder: A Hub folder with a `README.md`.
+        repo_id (`str`, *optional*): The repo the folder is (or will be) pushed to.
         isolated (`bool`, defaults to `False`): One process per snippet. By default the snippets share one process
             (each in a fresh namespace), which saves an interpreter start and the imports per snippet.
         timeout (`float`): Seconds per process.
@@ -372,29 +438,36 @@ def run_usage_snippets(
         `list[str]`: each snippet's standard output. A failing snippet raises `RuntimeError` with its traceback.
     """
     folder = Path(folder).resolve()
-    snippets = extract_usage_snippets((folder / "README.md").read_text(encoding="utf-8"))
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    snippets = extract_usage_snippets(point_card_at(readme, repo_id) if repo_id else readme)
     if not snippets:
         raise ValueError(f"{folder / 'README.md'} has no python block under {_USAGE_HEADING!r}")
+    target = repo_id or str(folder)
     codes = []
     for index, snippet in enumerate(snippets):
-        code, count = _MODEL_ID_LINE.subn(f"model_id = {json.dumps(str(folder))}", snippet)
+        code, count = _MODEL_ID_LINE.subn(lambda m: f"model_id = {json.dumps(target)}{m['comment'] or ''}", snippet)
         if count != 1:
             raise ValueError(f"usage snippet {index} must set model_id exactly once, found {count} times")
         codes.append(code)
-    environment = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    outputs = []
-    for batch in [[code] for code in codes] if isolated else [codes]:
-        done = subprocess.run(
-            [sys.executable, "-c", _SNIPPET_DRIVER],
-            input=json.dumps(batch),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=environment,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"a usage snippet failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-        outputs += json.loads(done.stdout.rsplit("@@snippet-outputs@@\n", 1)[1])
+    with tempfile.TemporaryDirectory(prefix="ofa-snippets-") as scratch:
+        environment = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        if repo_id:
+            environment["HF_HUB_CACHE"] = str(_offline_hub_cache(folder, repo_id, Path(scratch)))
+            environment["HF_MODULES_CACHE"] = str(Path(scratch) / "modules")
+        outputs = []
+        for batch in [[code] for code in codes] if isolated else [codes]:
+            done = subprocess.run(
+                [sys.executable, "-c", _SNIPPET_DRIVER],
+                input=json.dumps(batch),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=environment,
+                cwd=scratch,  # not the caller's folder: a snippet must not depend on what lies beside it
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"a usage snippet failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+            outputs += json.loads(done.stdout.rsplit("@@snippet-outputs@@\n", 1)[1])
     return outputs
 
 
@@ -455,7 +528,7 @@ def build_model_card(
         description (`str`, *optional*): A paragraph under the title.
         base_model (`str`, *optional*): Repo id of the checkpoint this one was fine-tuned from.
         license, language, tags: Card metadata (`tags` come after `HUB_TAGS` and the modality tags).
-        pipeline_tag (`str`, *optional*): Defaults to one derived from the tasks' modalities and targets.
+        pipeline_tag (`str`, *optional*): Defaults to `MODEL_PIPELINE_TAG`, the standard pipeline that runs OFA.
         usage_task (`str`, *optional*): The task the usage snippets run; defaults to the first.
         example_inputs (`Mapping[str, str]`, *optional*): Python expressions for the snippets' input columns.
     """
@@ -467,7 +540,7 @@ def build_model_card(
     if usage_task not in tasks:
         raise ValueError(f"usage_task={usage_task!r} is not one of the tasks {sorted(tasks)}")
     repo_id = repo_id or f"your-username/{model_name}"
-    pipeline_tag = pipeline_tag or _model_pipeline_tag(tasks)
+    pipeline_tag = pipeline_tag or MODEL_PIPELINE_TAG
 
     eval_results = [
         EvalResult(
@@ -503,7 +576,9 @@ def build_model_card(
             f"An [OFA](https://github.com/OFA-Sys/OFA) encoder-decoder trained with "
             f"ofa-hf on {len(tasks)} task{'s' if len(tasks) != 1 else ''}, each declared by a "
             "one-line OFASys instruction. Load it with `AutoModelForSeq2SeqLM` and `AutoProcessor` after "
-            '`import modeling_ofa, processing` (`pip install ofa-hf`), or run it with `pipeline("ofa-instruction")`.'
+            "`import modeling_ofa, processing` (`pip install ofa-hf`), or without the package with "
+            "`trust_remote_code=True` (the folder carries the model's and processor's code), or run it with "
+            '`pipeline("ofa-instruction")` or the standard `pipeline("image-text-to-text")`.'
         ),
         "",
     ]
@@ -547,6 +622,20 @@ def build_model_card(
         direct_snippet.rstrip("\n"),
         "```",
         "",
+    ]
+    prompts = [(task, _prompt_task(parse_instruction(tasks[task]).templates[0])) for task in tasks]
+    task_prompt = next(((task, prompt) for task, prompt in prompts if prompt is not None), None)
+    if task_prompt is not None:
+        body += [
+            f"With the standard `image-text-to-text` pipeline and a free prompt (`{task_prompt[0]}`'s prompt shown;"
+            " the answer is free text, without closed sets or boxes):",
+            "",
+            "```python",
+            build_standard_pipeline_snippet(repo_id, task_prompt[1]).rstrip("\n"),
+            "```",
+            "",
+        ]
+    body += [
         "## Citation",
         "",
         "```bibtex",
@@ -755,6 +844,28 @@ def validate_hub_folder(folder: str | os.PathLike) -> dict[str, Any]:
     return metadata
 
 
+def hub_files(folder: str | os.PathLike) -> list[str]:
+    """The files of a Hub folder that make up its Hub repo, sorted: what `push_hub_folder` uploads.
+
+    Top-level files matching `HUB_FILE_PATTERNS` (configs, weights, code, card, results, plots, tokenizer files), except
+    `TRAINING_STATE_FILES` and hidden files. Subfolders (a training run's `checkpoints/`) are never part of it.
+    """
+    folder = Path(folder)
+    return sorted(
+        path.name
+        for path in folder.iterdir()
+        if path.is_file()
+        and not path.name.startswith(".")
+        and path.name not in TRAINING_STATE_FILES
+        and any(fnmatch.fnmatchcase(path.name, pattern) for pattern in HUB_FILE_PATTERNS)
+    )
+
+
+def point_card_at(readme: str, repo_id: str) -> str:
+    """The card text with every usage snippet's `model_id = "..."` line naming `repo_id` (comments kept)."""
+    return _MODEL_ID_LINE.sub(lambda m: f"model_id = {json.dumps(repo_id)}{m['comment'] or ''}", readme)
+
+
 def push_hub_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -765,14 +876,18 @@ def push_hub_folder(
     commit_message: str = "Upload OFA model",
     create_pr: bool = False,
 ) -> str:
-    """Validate a Hub folder, create the repo if needed, and upload the folder in one commit.
+    """Validate a Hub folder, create the repo if needed, and upload its Hub files (`hub_files`) in one commit.
+
+    Only the files `hub_files` lists are uploaded, never training state or subfolders such as `checkpoints/`. The card
+    is uploaded with its usage snippets naming `repo_id` (`point_card_at`), so they run once the repo exists; the
+    folder itself is not modified.
 
     Args:
         folder: A folder written by `save_hub_folder` (or checked by `validate_hub_folder`).
         repo_id (`str`): `"user/name"` or `"org/name"`.
         private (`bool`, *optional*): Visibility of a newly created repo.
         token (`str`, *optional*): Defaults to the logged-in token (`HF_TOKEN` or `hf auth login`).
-        revision, commit_message, create_pr: As `huggingface_hub.HfApi.upload_folder`.
+        revision, commit_message, create_pr: As `huggingface_hub.HfApi.create_commit`.
 
     Returns:
         `str`: the commit URL.
@@ -780,11 +895,18 @@ def push_hub_folder(
     validate_hub_folder(folder)
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo_id must look like 'user/name', got {repo_id!r}")
+    folder = Path(folder)
+    operations = []
+    for name in hub_files(folder):
+        content: str | bytes = str(folder / name)
+        if name == "README.md":
+            content = point_card_at((folder / name).read_text(encoding="utf-8"), repo_id).encode("utf-8")
+        operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
+    commit = api.create_commit(
         repo_id=repo_id,
-        folder_path=str(folder),
+        operations=operations,
         commit_message=commit_message,
         revision=revision,
         create_pr=create_pr,

@@ -1,0 +1,289 @@
+"""Every user path, run as a user runs it: real CLIs and fresh interpreters (`python -c`), real files, no patching.
+
+Each test starts from a folder written the way a training run writes it (model, processor, card, results, plus the
+training state a run leaves in `checkpoints/`) and then does what a user of the Hugging Face ecosystem does with it in
+a new process: push it (dry run), load it where the package is installed and where it is not, run the card's snippets
+as published, run the standard pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import site
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config_kwargs
+from PIL import Image
+
+from modeling_ofa import OFAConfig, OFAForConditionalGeneration
+from processing import OFAImageProcessor, OFAProcessor, train_demo_tokenizer
+from trainers.hub import save_hub_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "user/ofa-demo"
+WORDS = "a red blue green circle square what does the image describe what color is it yes no"
+TASKS = {
+    "caption": "[IMAGE:img] what does the image describe? -> [TEXT:cap]",
+    "vqa": "[IMAGE:img] [TEXT:question] -> [TEXT:answer,closed_set]",
+}
+# Files a run leaves beside the model: none of them is part of the Hub repo.
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json")
+SUBPROCESS_TIMEOUT = 240
+
+
+def run_python(code: str, *, cwd: Path, env: dict[str, str] | None = None, python: str = sys.executable):
+    """`python -c code` in a fresh interpreter, offline, one thread; returns the finished process."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **(env or {})}
+    return subprocess.run(
+        [python, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=environment,
+        stdin=subprocess.DEVNULL,  # transformers' "run custom code? [y/N]" prompt reads EOF: a refusal
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+
+
+def check(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, (
+        f"exit {done.returncode}\nstdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-4000:]}"
+    )
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    tokenizer = train_demo_tokenizer([WORDS] * 20, vocab_size=300, num_codes=16, num_bins=50)
+    processor = OFAProcessor(
+        OFAImageProcessor(size=32),
+        tokenizer,
+        max_image_size=32,
+        task_instructions=TASKS,
+        closed_sets={"vqa": ["red", "blue", "green"]},
+    )
+    torch.manual_seed(0)
+    model = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(tokenizer)))).eval()
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def run_folder(model_and_processor, tmp_path_factory) -> Path:
+    """A training run's output folder: the Hub folder, results and a plot, and the run's checkpoints."""
+    model, processor = model_and_processor
+    folder = save_hub_folder(
+        model, processor, tmp_path_factory.mktemp("run") / "demo", results={"caption": {"exact_match": 0.5}}
+    )
+    (folder / "results.json").write_text(json.dumps([{"task": "caption", "value": 0.5}]))
+    (folder / "results.md").write_text("| task | value |\n|---|---|\n| caption | 0.5 |\n")
+    Image.new("RGB", (8, 8), "white").save(folder / "curves.png")
+    checkpoint = folder / "checkpoints" / "checkpoint-6"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    for name in TRAINING_STATE:
+        (checkpoint / name).write_bytes(b"training state")
+    (folder / "training_args.bin").write_bytes(b"a pickle")  # Trainer.save_model writes it beside the model
+    return folder
+
+
+@pytest.fixture(scope="module")
+def expected_logits(model_and_processor, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Logits of the in-memory model on one caption row, saved for a fresh process to compare with."""
+    model, processor = model_and_processor
+    batch = processor("caption", {"img": Image.new("RGB", (40, 30), "red"), "cap": "a red circle"})
+    with torch.no_grad():
+        logits = model(**batch).logits.numpy()
+    path = tmp_path_factory.mktemp("expected") / "logits.npy"
+    np.save(path, logits)
+    return path, logits
+
+
+@pytest.fixture(scope="module")
+def python_without_package(tmp_path_factory) -> str:
+    """An interpreter that has torch, transformers and the other dependencies, but not this package.
+
+    A bare virtual environment whose only `.pth` lists this interpreter's site-packages: their packages import, but
+    their `.pth` files (the editable install of ofa-hf among them) are not processed.
+    """
+    venv = tmp_path_factory.mktemp("venv") / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = check(run_python("import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=venv, python=python))
+    Path(purelib.strip(), "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    probe = run_python(
+        "import importlib.util as u; print(u.find_spec('modeling_ofa'), u.find_spec('processing'))",
+        cwd=venv,
+        python=python,
+    )
+    if check(probe).strip() != "None None":
+        pytest.skip(f"ofa-hf is importable from the dependencies' site-packages ({probe.stdout.strip()})")
+    return str(python)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Push: only the model
+
+
+def test_push_dry_run_lists_exactly_the_hub_repo(run_folder, tmp_path):
+    done = run_python(
+        f"import runpy, sys; sys.argv = ['push_to_hub.py', {str(run_folder)!r}, {REPO_ID!r}, '--dry-run']; "
+        f"runpy.run_path({str(ROOT / 'scripts' / 'push_to_hub.py')!r}, run_name='__main__')",
+        cwd=tmp_path,
+    )
+    out = check(done)
+    listed = json.loads(out[: out.rindex("}") + 1])["files"]
+    expected = {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "results.json",
+        "results.md",
+        "curves.png",
+    }
+    assert expected <= set(listed)
+    code = set(listed) - expected
+    assert code and all(name.endswith(".py") for name in code)  # the model's and processor's code (auto_map)
+    assert {"modeling_ofa.py", "configuration_ofa.py", "processing_ofa.py"} <= code
+    assert not set(TRAINING_STATE) & set(listed) and "checkpoints" not in out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading: with the package imported, and where it is not installed
+
+
+def test_folder_loads_in_a_fresh_process_with_the_package(run_folder, expected_logits, tmp_path):
+    logits_path, _ = expected_logits
+    check(
+        run_python(
+            f"""
+            import numpy as np, torch
+            from PIL import Image
+            import modeling_ofa, processing
+            from transformers import AutoModelForSeq2SeqLM, AutoProcessor
+            model = AutoModelForSeq2SeqLM.from_pretrained({str(run_folder)!r}).eval()
+            processor = AutoProcessor.from_pretrained({str(run_folder)!r})
+            assert type(model).__module__ == "modeling_ofa.modeling_ofa", type(model)  # the package, not the copy
+            assert type(processor).__module__ == "processing.processing_ofa", type(processor)
+            batch = processor("caption", {{"img": Image.new("RGB", (40, 30), "red"), "cap": "a red circle"}})
+            with torch.no_grad():
+                logits = model(**batch).logits.numpy()
+            np.testing.assert_allclose(logits, np.load({str(logits_path)!r}), rtol=0, atol=1e-5)
+            """,
+            cwd=tmp_path,
+        )
+    )
+
+
+def test_folder_loads_where_the_package_is_not_installed(run_folder, expected_logits, python_without_package, tmp_path):
+    logits_path, _ = expected_logits
+    out = check(
+        run_python(
+            f"""
+            import numpy as np, torch
+            from PIL import Image
+            from transformers import AutoModelForSeq2SeqLM, AutoProcessor
+            folder = {str(run_folder)!r}
+            model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+            processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+            print(type(model).__module__, type(processor).__module__, type(processor.image_processor).__name__)
+            batch = processor("caption", {{"img": Image.new("RGB", (40, 30), "red"), "cap": "a red circle"}})
+            with torch.no_grad():
+                logits = model(**batch).logits.numpy()
+            np.testing.assert_allclose(logits, np.load({str(logits_path)!r}), rtol=0, atol=1e-5)
+            example = processor.encode("vqa", {{"img": Image.new("RGB", (40, 30), "red"), "question": "what color"}})
+            closed = [processor.closed_set_logits_processor(processor.closed_sets["vqa"], 0, plan="vqa")]
+            generated = model.generate(**processor.collate([example]), logits_processor=closed, max_new_tokens=4)
+            candidates = processor.closed_sets["vqa"]
+            (answer,) = processor.post_process_generation(generated, "vqa", [example["meta"]], candidates=candidates)
+            assert answer["in_set"], answer
+            """,
+            cwd=tmp_path,
+            env={"HF_MODULES_CACHE": str(tmp_path / "modules")},
+            python=python_without_package,
+        )
+    )
+    model_module, processor_module, image_processor = out.split()
+    assert model_module.startswith("transformers_modules.") and model_module.endswith(".modeling_ofa")
+    assert processor_module.endswith(".processing_ofa") and image_processor == "OFAImageProcessor"
+
+
+def test_without_package_or_trust_remote_code_loading_refuses_loudly(run_folder, python_without_package, tmp_path):
+    """Never a bare tokenizer: transformers refuses the folder's code and says how to allow it."""
+    out = check(
+        run_python(
+            f"""
+            from transformers import AutoModelForSeq2SeqLM, AutoProcessor
+            for auto in (AutoProcessor, AutoModelForSeq2SeqLM):
+                try:
+                    loaded = auto.from_pretrained({str(run_folder)!r})
+                except ValueError as err:
+                    print(auto.__name__, "refused:", "trust_remote_code=True" in str(err))
+                else:
+                    print(auto.__name__, "returned", type(loaded).__name__)
+            """,
+            cwd=tmp_path,
+            env={"HF_MODULES_CACHE": str(tmp_path / "modules")},
+            python=python_without_package,
+        )
+    )
+    # (transformers' "[y/N]" prompt, answered by EOF, precedes each line)
+    found = re.findall(r"(Auto\w+) (refused: \w+|returned \w+)", out)
+    assert found == [("AutoProcessor", "refused: True"), ("AutoModelForSeq2SeqLM", "refused: True")], out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The card, as published, and the standard pipeline
+
+
+def test_card_snippets_run_verbatim_once_pushed(run_folder, tmp_path):
+    """`push_to_hub.py --dry-run --run-snippets` runs the card's code as published: naming the repo, whose files are
+    exactly the upload list (an offline Hub cache), in a fresh interpreter."""
+    done = run_python(
+        f"import runpy, sys; sys.argv = ['push_to_hub.py', {str(run_folder)!r}, {REPO_ID!r}, '--dry-run', "
+        f"'--run-snippets']; runpy.run_path({str(ROOT / 'scripts' / 'push_to_hub.py')!r}, run_name='__main__')",
+        cwd=tmp_path,
+    )
+    out = check(done)
+    summary = json.loads(out[: out.rindex("}") + 1])
+    assert len(summary["snippet_outputs"]) == 3 and summary["pipeline_tag"] == "image-text-to-text"
+    readme = (run_folder / "README.md").read_text()
+    assert f'model_id = "your-username/{run_folder.name}"' in readme  # the folder's card, before the push
+    assert "your-username" not in "".join(summary["snippet_outputs"])
+
+
+def test_standard_image_text_to_text_pipeline(run_folder, tmp_path):
+    """The card's pipeline_tag works: `pipeline("image-text-to-text")` with images and a prompt, and a prompt alone."""
+    out = check(
+        run_python(
+            f"""
+            import json
+            import processing
+            from PIL import Image
+            from transformers import pipeline
+            pipe = pipeline("image-text-to-text", model={str(run_folder)!r})
+            image = Image.new("RGB", (40, 30), "red")
+            one = pipe(images=image, text="what does the image describe?", max_new_tokens=4, return_full_text=False)
+            two = pipe(images=[image, image], text=["what color is it?", "a b"], max_new_tokens=4)
+            alone = pipe(text="what does the image describe?", max_new_tokens=4, return_full_text=False)
+            print(json.dumps([one, two, alone]))
+            """,
+            cwd=tmp_path,
+        )
+    )
+    one, two, alone = json.loads(out.strip().splitlines()[-1])
+    assert [r["input_text"] for r in one] == ["what does the image describe?"]
+    assert [r["input_text"] for r in two] == ["what color is it?", "a b"]
+    assert all(r["generated_text"].startswith(r["input_text"]) for r in two)  # full text by default, as for any model
+    assert len(alone) == 1 and isinstance(alone[0]["generated_text"], str)
