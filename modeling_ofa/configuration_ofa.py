@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-__all__ = ["EXTRA_MODALITIES", "MODALITIES", "MOE_TYPES", "OFAConfig", "PRESETS", "RESNET_LAYERS"]
+__all__ = ["EXTRA_MODALITIES", "MODALITIES", "MOE_TYPES", "OFAConfig", "PRESETS", "RESNET_LAYERS", "RESNET_NORMS"]
 
 # Modality ids, in OFASys's order (its `ModalityType` enum, 0-based) plus IMAGE_CODE for VQ image-code targets.
 # Every encoder and decoder position carries one; modality mixture-of-experts routes by it.
@@ -38,6 +38,10 @@ RESNET_LAYERS: dict[str, tuple[int, int, int]] = {
     "resnet101": (3, 4, 23),
     "resnet152": (3, 8, 36),
 }
+
+# Normalization inside the ResNet stem (`modeling_ofa.resnet`): trainable BatchNorm as in every released checkpoint,
+# BatchNorm with frozen statistics and affine (fine-tuning, PEFT), or GroupNorm (no running statistics, from scratch).
+RESNET_NORMS: tuple[str, ...] = ("batch", "frozen", "group")
 
 # The published OFA sizes (OFA-Sys `models/ofa/ofa.py`), as `OFAConfig` arguments, plus the demo model. Parameter
 # counts: 33M, 93M, 180M, 470M and 930M. Fields not named here take the `OFAConfig` defaults, the shared OFA settings.
@@ -193,6 +197,14 @@ class OFAConfig(PretrainedConfig):
             Depth of the three-stage image stem, a key of `RESNET_LAYERS`.
         resnet_drop_path_rate (`float`, defaults to 0.0):
             Stochastic depth inside the ResNet stem.
+        resnet_norm (`str`, defaults to `"batch"`):
+            Normalization inside the ResNet stem, one of `RESNET_NORMS`. `"batch"`: trainable BatchNorm whose running
+            statistics update in train mode, as the released checkpoints were trained. `"frozen"`: BatchNorm with its
+            statistics and affine fixed (buffers, never updated), the same outputs as `"batch"` in eval mode and the
+            same state-dict keys, so checkpoints load across the two; converted checkpoints use it, so fine-tuning
+            never couples tasks through shared statistics, and `modeling_ofa.peft_utils` switches a stem to it
+            before adding adapters. `"group"`: GroupNorm (trainable affine, no running statistics) for models
+            trained from scratch; its keys lack the running statistics, so BatchNorm checkpoints do not load into it.
         code_image_size (`int`, defaults to 128):
             Side in pixels of images generated as VQ codes; the decoder code grid is `code_image_size // 8` wide.
         sample_patch_num (`int`, *optional*):
@@ -281,6 +293,7 @@ class OFAConfig(PretrainedConfig):
         entangle_position_embedding: bool = False,
         resnet_type: str = "resnet101",
         resnet_drop_path_rate: float = 0.0,
+        resnet_norm: str = "batch",
         code_image_size: int = 128,
         sample_patch_num: int | None = None,
         extra_modalities: list[str] | tuple[str, ...] = (),
@@ -307,6 +320,8 @@ class OFAConfig(PretrainedConfig):
     ) -> None:
         if resnet_type not in RESNET_LAYERS:
             raise ValueError(f"resnet_type={resnet_type!r} is not one of {sorted(RESNET_LAYERS)}")
+        if resnet_norm not in RESNET_NORMS:
+            raise ValueError(f"resnet_norm={resnet_norm!r} is not one of {list(RESNET_NORMS)}")
         for name, heads in (("encoder", encoder_attention_heads), ("decoder", decoder_attention_heads)):
             if d_model % heads:
                 raise ValueError(f"d_model={d_model} is not divisible by {name}_attention_heads={heads}")
@@ -356,6 +371,7 @@ class OFAConfig(PretrainedConfig):
         self.entangle_position_embedding = entangle_position_embedding
         self.resnet_type = resnet_type
         self.resnet_drop_path_rate = resnet_drop_path_rate
+        self.resnet_norm = resnet_norm
         self.code_image_size = code_image_size
         self.sample_patch_num = sample_patch_num
         self.extra_modalities = list(extra_modalities)

@@ -872,6 +872,7 @@ def convert_checkpoint(
     source: str = "auto",
     preset: str | None = None,
     tokenizer_dir: PathLike | None = None,
+    resnet_norm: str = "frozen",
 ) -> Path:
     """
     Convert an original OFA checkpoint into a folder that `OFAForConditionalGeneration.from_pretrained` loads.
@@ -889,6 +890,10 @@ def convert_checkpoint(
         preset: `tiny`/`medium`/`base`/`large`/`huge`, for the settings the checkpoint does not record.
         tokenizer_dir: optional folder whose tokenizer files (`vocab.json`, `merges.txt`, `tokenizer.json`, ...)
             are copied next to the weights.
+        resnet_norm: the `OFAConfig.resnet_norm` written into the config. `"frozen"` by default: the converted
+            BatchNorm statistics and affine stay as trained, so fine-tuning (one task or many, full or PEFT) never
+            moves them and tasks do not couple through them. Eval outputs are those of `"batch"` exactly and the
+            keys are the same, so `from_pretrained(folder, resnet_norm="batch")` trains the statistics too.
 
     Returns:
         The output folder.
@@ -909,7 +914,8 @@ def convert_checkpoint(
     if not hparams:
         logger.warning("%s records no hyper-parameters: the configuration comes from the weights and defaults", src)
     inferred = infer_config_from_state_dict(converted, code_image_size)
-    config = OFAConfig(**_merge_config(inferred, declared, preset, f"the {source} hyper-parameters"))
+    merged = _merge_config(inferred, declared, preset, f"the {source} hyper-parameters")
+    config = OFAConfig(**{**merged, "resnet_norm": resnet_norm})
 
     model = OFAForConditionalGeneration(config)
     check_state_dict(converted, model)

@@ -4,9 +4,10 @@ Importing this module registers OFA's default LoRA targets with PEFT (when PEFT 
 `target_modules` for an OFA model:
 
 ```python
-import modeling_ofa.peft_utils  # registers "ofa" in PEFT's default target-module tables
+from modeling_ofa.peft_utils import freeze_resnet_norm  # importing registers "ofa" in PEFT's target-module tables
 from peft import LoraConfig, get_peft_model
 
+freeze_resnet_norm(ofa_model)  # see below; get_ofa_peft_model and TaskAdapters do it themselves
 model = get_peft_model(ofa_model, LoraConfig(r=8, task_type="SEQ_2_SEQ_LM"))  # attention + FFN + MoE experts
 ```
 
@@ -20,6 +21,12 @@ the tied embeddings / LM head, the relative-position projections and the modalit
 
 `TaskAdapters` keeps one LoRA adapter per task on one model and switches between them by task name; a multi-task
 trainer calls `activate(task)` before each batch of that task.
+
+An adapter must reproduce the trained model on the base it was trained on, so PEFT here never changes a base
+buffer. The only buffers a train-mode forward moves are the running statistics of the ResNet stem's BatchNorms
+(`resnet_norm="batch"`); `get_ofa_peft_model` and `TaskAdapters` first turn them into `FrozenBatchNorm2d`
+(`freeze_resnet_norm`: same values, same keys, same eval outputs, fixed from then on). Plain `peft.get_peft_model`
+knows nothing of the stem: call `freeze_resnet_norm(model)` before it.
 
 PEFT is an optional dependency (the `[train]` extra): it is imported when a function here needs it.
 """
@@ -37,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from .resnet import freeze_resnet_norm
+
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
 
@@ -44,6 +53,7 @@ __all__ = [
     "LORA_TARGET_GROUPS",
     "OFA_LORA_TARGET_MODULES",
     "TaskAdapters",
+    "freeze_resnet_norm",
     "get_ofa_peft_model",
     "ofa_lora_config",
     "register_peft_defaults",
@@ -160,6 +170,9 @@ def get_ofa_peft_model(
 ) -> PeftModel:
     """Wrap an OFA model in a PEFT model with one LoRA adapter (the model's linears are modified in place).
 
+    The ResNet stem's BatchNorms are frozen first (`freeze_resnet_norm`), so training never moves a base buffer and
+    the saved adapter reproduces the trained model on the base.
+
     Args:
         model (`OFAForConditionalGeneration`): The model to adapt.
         config (`peft.LoraConfig`, *optional*): Defaults to `ofa_lora_config(**lora_kwargs)`.
@@ -174,6 +187,7 @@ def get_ofa_peft_model(
     if config is not None and lora_kwargs:
         raise TypeError(f"pass either a config or LoRA arguments, not both (got {sorted(lora_kwargs)})")
     config = config if config is not None else ofa_lora_config(**lora_kwargs)
+    freeze_resnet_norm(model)
     return peft.get_peft_model(model, config, adapter_name=adapter_name)
 
 
@@ -193,7 +207,8 @@ class TaskAdapters:
     One LoRA adapter per task on one OFA model, switched by task name.
 
     The first `add` wraps the model in a `peft.PeftModel` (modifying its linears in place); later ones add adapters
-    to it. Exactly one adapter is active at a time. With `trainable=True` every task's adapter stays trainable
+    to it. The base model's ResNet BatchNorms are frozen (`freeze_resnet_norm`), so no base buffer moves in train
+    mode. Exactly one adapter is active at a time. With `trainable=True` every task's adapter stays trainable
     whichever is active, so one optimizer built once covers all tasks: an inactive adapter is not in the graph, gets
     no gradient, and optimizers skip it for that step.
 
@@ -244,6 +259,7 @@ class TaskAdapters:
         else:
             _check_ofa(model, "TaskAdapters")
             self._base = model
+        freeze_resnet_norm(self._base)
         for task in tasks:
             self.add(task)
         if self._model is not None:

@@ -34,6 +34,7 @@ from modeling_ofa.convert import (
     detect_source,
     load_original_checkpoint,
 )
+from modeling_ofa.resnet import FrozenBatchNorm2d
 
 TINY = dict(
     vocab_size=64,
@@ -84,6 +85,11 @@ def model() -> OFAForConditionalGeneration:
         for name, param in model.named_parameters():
             if "rel_pos_table" in name or name.endswith(("c_attn", "layer_norm.weight", "layernorm_embedding.weight")):
                 param.add_(0.2 * torch.randn_like(param))
+        # Trained-looking BatchNorm statistics: the converted (frozen) stem must normalize with exactly these.
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.3)
+                module.running_var.uniform_(0.5, 1.5)
     return model
 
 
@@ -240,6 +246,9 @@ def test_fairseq_checkpoint_round_trip(model, tmp_path, hparams_in):
     loaded = _assert_same_logits(model, dst)
     for name in ("d_model", "encoder_layers", "decoder_ffn_dim", "decoder_attention_heads", "code_image_size"):
         assert getattr(loaded.config, name) == TINY[name]
+    # Converted checkpoints fine-tune with frozen BatchNorm statistics; the logits above are those of "batch".
+    assert loaded.config.resnet_norm == "frozen" and model.config.resnet_norm == "batch"
+    assert isinstance(loaded.model.encoder.embed_images.layer1[0].downsample[1], FrozenBatchNorm2d)
     generation = json.loads((dst / "generation_config.json").read_text())
     assert (generation["num_beams"], generation["no_repeat_ngram_size"], generation["max_length"]) == (5, 3, 202)
     assert generation["decoder_start_token_id"] == 0
