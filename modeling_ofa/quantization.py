@@ -16,6 +16,13 @@ API: `torch.ao.quantization.quantize_dynamic`. torch marks `torch.ao.quantizatio
 `torchao`, which this project does not depend on; the eager dynamic path still exists in torch 2.13, and the
 deprecation warning is silenced here. The ONNX route (`modeling_ofa.onnx.quantize_onnx_int8`) does not depend on it.
 
+Saving and reloading: `quantize_dynamic_int8(model).save_pretrained(folder)` writes safetensors (each quantized
+linear layer as its dequantized float weight plus its per-row scales and zero points, `weight_scale` and
+`weight_zero_point`) and a `quantization_config` (`OFADynamicInt8Config`) in `config.json`; `from_pretrained(folder)`
+(`AutoModelForSeq2SeqLM` too, once this package is imported) rebuilds the same int8 layers through
+`OFADynamicInt8Quantizer`, registered with transformers' quantizers. Re-quantizing the dequantized weight with its
+saved scale gives back the same int8 values, so the reloaded model computes exactly what the saved one did.
+
 `greedy_agreement` and `logits_max_abs_diff` measure a quantized (or exported) model against the float one.
 """
 
@@ -29,11 +36,111 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .modeling_ofa import OFAForConditionalGeneration
 from .moe import TopKMoE
 
-__all__ = ["greedy_agreement", "logits_max_abs_diff", "quantize_dynamic_int8", "tied_lm_head_error"]
+__all__ = [
+    "QUANT_METHOD",
+    "OFADynamicInt8Config",
+    "OFADynamicInt8Quantizer",
+    "greedy_agreement",
+    "logits_max_abs_diff",
+    "quantize_dynamic_int8",
+    "tied_lm_head_error",
+]
+
+QUANT_METHOD = "ofa_dynamic_int8"
+"""`quant_method` of a saved int8 OFA model's `quantization_config`."""
+
+
+@register_quantization_config(QUANT_METHOD)
+class OFADynamicInt8Config(QuantizationConfigMixin):
+    """`quantization_config` of a model saved after `quantize_dynamic_int8`.
+
+    Args:
+        modules (`list[str]`): Names of the linear layers stored as int8 (with `weight_scale`, `weight_zero_point`).
+        per_channel (`bool`, defaults to `True`): One scale per output row (else one per matrix).
+    """
+
+    def __init__(self, modules: list[str] | None = None, per_channel: bool = True, **kwargs: Any) -> None:
+        self.quant_method = QUANT_METHOD
+        self.modules = list(modules or [])
+        self.per_channel = per_channel
+
+
+@register_quantizer(QUANT_METHOD)
+class OFADynamicInt8Quantizer(HfQuantizer):
+    """Loads a folder saved from a `quantize_dynamic_int8` model back into the same int8 layers (CPU inference)."""
+
+    requires_calibration = False
+
+    def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        # Buffers the checkpoint fills with each layer's scales and zero points (the float weight loads as usual).
+        for name in self.quantization_config.modules:
+            linear = model.get_submodule(name)
+            rows = linear.out_features if self.quantization_config.per_channel else 1
+            linear.register_buffer("weight_scale", torch.ones(rows, device=linear.weight.device))
+            linear.register_buffer(
+                "weight_zero_point", torch.zeros(rows, dtype=torch.long, device=linear.weight.device)
+            )
+        return model
+
+    def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        for name in self.quantization_config.modules:
+            linear = model.get_submodule(name)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, _requantized(linear, self.quantization_config.per_channel))
+        return model.eval()
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+
+def _dynamic_linear_class() -> type[nn.Module]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.ao.nn.quantized.dynamic import Linear
+    return Linear
+
+
+def _saveable_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict post hook of a dynamic int8 linear layer: its packed parameters (a `torch.dtype` and a tuple, which
+    safetensors cannot store) become plain tensors: the dequantized weight, the bias, the scales and zero points."""
+    for key in ("_packed_params.dtype", "_packed_params._packed_params", "scale", "zero_point"):
+        state_dict.pop(prefix + key, None)
+    weight, bias = module.weight(), module.bias()
+    state_dict[prefix + "weight"] = weight.dequantize()
+    if bias is not None:
+        state_dict[prefix + "bias"] = bias.detach()
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        scales, zero_points = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
+    else:
+        scales, zero_points = torch.tensor([weight.q_scale()]), torch.tensor([weight.q_zero_point()])
+    state_dict[prefix + "weight_scale"] = scales.to(torch.float32)
+    state_dict[prefix + "weight_zero_point"] = zero_points.to(torch.long)
+
+
+def _requantized(linear: nn.Linear, per_channel: bool) -> nn.Module:
+    """The dynamic int8 layer of a float layer that holds a dequantized weight and its saved scales."""
+    weight = linear.weight.detach().to(torch.float32)
+    scales, zero_points = linear.weight_scale.to(torch.float64), linear.weight_zero_point
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*", category=UserWarning)
+        if per_channel:
+            qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+        else:
+            qweight = torch.quantize_per_tensor(weight, float(scales[0]), int(zero_points[0]), torch.qint8)
+    layer = _dynamic_linear_class()(linear.in_features, linear.out_features, bias_=linear.bias is not None)
+    layer.set_weight_bias(qweight, None if linear.bias is None else linear.bias.detach().to(torch.float32))
+    layer.register_state_dict_post_hook(_saveable_state)
+    return layer
 
 
 def _quantization_api():
@@ -90,6 +197,13 @@ def quantize_dynamic_int8(
         # torch warns that quantized tensor factories are deprecated; they are what dynamic quantization builds on.
         warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*", category=UserWarning)
         quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+    dynamic_linear = _dynamic_linear_class()
+    names = [name for name, module in model.named_modules() if isinstance(module, dynamic_linear)]
+    for name in names:
+        model.get_submodule(name).register_state_dict_post_hook(_saveable_state)
+    # Saved into config.json, so that from_pretrained rebuilds these layers (OFADynamicInt8Quantizer).
+    model.config = copy.deepcopy(model.config)
+    model.config.quantization_config = OFADynamicInt8Config(modules=names, per_channel=per_channel)
     return model
 
 

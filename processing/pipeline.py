@@ -23,7 +23,8 @@ is raised, if needed, so that the longest candidate always fits.
 Batching (`batch_size=N`): rows are encoded one by one, then each batch is split by decoder-prefix length (rows whose
 forced decoder prefix differs in length, e.g. an SNLI-VE prompt echoing the hypothesis, cannot share a `generate`
 call) and every group is generated on its own. Generation arguments (`num_beams`, `max_new_tokens`, ...) can be given
-to `pipeline(...)` or per call. Rows are preprocessed in the main process (`num_workers` is not used).
+to `pipeline(...)` or per call; for a saved task name they default to the task's `processor.generation_defaults`
+(what `MultiTaskTrainer` evaluated it with). Rows are preprocessed in the main process (`num_workers` is not used).
 """
 
 from __future__ import annotations
@@ -169,7 +170,10 @@ class OFAInstructionPipeline(Pipeline):
                     "task_adapters, give the instruction as the name of one of them"
                 )
             self.task_adapters.activate(request.task)
-        generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}))
+        generate_kwargs = dict(generate_kwargs or {})
+        if request.task is not None:  # the settings the task was evaluated with, under the caller's own
+            generate_kwargs = {**self.processor.generation_defaults.get(request.task, {}), **generate_kwargs}
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
         per_row = generate_kwargs.get("num_return_sequences") or 1
         sequences: list[list[list[int]] | None] = [None] * len(examples)
         # Rows whose forced decoder prefix has one length share a generate() call.

@@ -97,6 +97,9 @@ class OFAProcessor(ProcessorMixin):
             Named instructions saved with the processor, so a published model carries the tasks it was trained on.
         closed_sets (`dict[str, list[str]]`, *optional*):
             Candidate answers per task name, for `closed_set` targets.
+        generation_defaults (`dict[str, dict]`, *optional*):
+            `generate()` settings per task name (`num_beams`, `max_new_tokens`, ...), what the task was evaluated with;
+            `pipeline("ofa-instruction")` and `scripts/predict.py` use them when given the task's name.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class OFAProcessor(ProcessorMixin):
         struct_config: dict[str, Any] | None = None,
         task_instructions: dict[str, str] | None = None,
         closed_sets: dict[str, list[str]] | None = None,
+        generation_defaults: dict[str, dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         if tokenizer is None:
@@ -127,6 +131,7 @@ class OFAProcessor(ProcessorMixin):
         self.struct_config = dict(struct_config or {})
         self.task_instructions = dict(task_instructions or {})
         self.closed_sets = {k: list(v) for k, v in (closed_sets or {}).items()}
+        self.generation_defaults = {k: dict(v) for k, v in (generation_defaults or {}).items()}
         self.text = TextPreprocessor(tokenizer)
         self.vocab: OFAVocab = self.text.vocab
         self.video = VideoPreprocessor(video_num_frames, image_processor)

@@ -5,6 +5,9 @@
     python scripts/predict.py outputs/demo --instruction "[AUDIO:audio] what is the text corresponding to the voice? \
         -> [TEXT:text]" --audio digits.wav
 
+Generation: `--num-beams`, `--max-new-tokens` and `--no-cache` (no key/value cache); unset, a saved task's own settings
+apply (`processor.generation_defaults`, saved by training).
+
 Inputs fill the instruction's encoder slots by modality (`--image`, `--audio`, `--video`, `--motion`, `--table`,
 `--text`), or by column with `--input column=value` (a value that names an existing file is read as a file). Prints
 the typed answer as JSON; boxes are drawn onto a PNG (`--save-png`).
@@ -52,6 +55,11 @@ def build_row(plan, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse the command line, answer the instruction and print the answer as JSON.
+
+    Args:
+        argv: command-line arguments (defaults to `sys.argv[1:]`).
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="a folder written by scripts/train.py (or any OFA model + processor)")
     what = parser.add_mutually_exclusive_group(required=True)
@@ -62,8 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text", action="append", default=[], help="value of the next TEXT slot (repeatable)")
     parser.add_argument("--input", action="append", default=[], help="column=value for any slot (repeatable)")
     parser.add_argument("--candidates", nargs="+", help="closed set of answers (default: the task's saved one)")
-    parser.add_argument("--num-beams", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--num-beams", type=int, help="beam width (default: the task's saved setting, else greedy)")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the task's setting)")
+    parser.add_argument("--no-cache", action="store_true", help="generate without the key/value cache (slower)")
     parser.add_argument("--save-png", help="draw predicted boxes onto the image and save it here")
     args = parser.parse_args(argv)
 
@@ -71,7 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     instruction = args.instruction or args.task
     plan = ofa.processor.plan(instruction)
     row = build_row(plan, args)
-    generate = {k: v for k, v in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens)) if v}
+    # Only what was given: the rest comes from the task's saved generation defaults (processor_config.json).
+    generate = {
+        key: value
+        for key, value in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens))
+        if value is not None
+    }
+    if args.no_cache:
+        generate["use_cache"] = False
     answer = ofa(row, instruction=instruction, candidates=args.candidates, **generate)
     print(json.dumps(answer, indent=2))
     if args.save_png and ("box" in answer or "objects" in answer):

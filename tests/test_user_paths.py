@@ -22,9 +22,11 @@ import pytest
 import torch
 from conftest import tiny_config_kwargs
 from PIL import Image
+from transformers import Seq2SeqTrainingArguments
 
-from modeling_ofa import OFAConfig, OFAForConditionalGeneration
+from modeling_ofa import OFAConfig, OFAForConditionalGeneration, quantize_dynamic_int8
 from processing import OFAImageProcessor, OFAProcessor, train_demo_tokenizer
+from trainers import MultiTaskTrainer, Task
 from trainers.hub import save_hub_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,19 +62,29 @@ def check(done: subprocess.CompletedProcess) -> str:
     return done.stdout
 
 
+def rows(n: int = 6) -> list[dict]:
+    colors = ["red", "blue", "green"]
+    return [
+        {"img": Image.new("RGB", (40, 30), c), "cap": f"a {c} circle", "question": "what color is it", "answer": c}
+        for c in colors * (n // 3)
+    ]
+
+
 @pytest.fixture(scope="module")
-def model_and_processor():
+def model_and_processor(tmp_path_factory):
+    """A tiny model and the processor as training leaves it: `MultiTaskTrainer` saves each task's instruction, closed
+    set and generation settings into it."""
     tokenizer = train_demo_tokenizer([WORDS] * 20, vocab_size=300, num_codes=16, num_bins=50)
-    processor = OFAProcessor(
-        OFAImageProcessor(size=32),
-        tokenizer,
-        max_image_size=32,
-        task_instructions=TASKS,
-        closed_sets={"vqa": ["red", "blue", "green"]},
-    )
+    processor = OFAProcessor(OFAImageProcessor(size=32), tokenizer, max_image_size=32)
     torch.manual_seed(0)
     model = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(tokenizer)))).eval()
-    return model, processor
+    tasks = [
+        Task("caption", TASKS["caption"], train_dataset=rows(), num_beams=3, max_new_tokens=7),
+        Task("vqa", TASKS["vqa"], train_dataset=rows()),
+    ]
+    args = Seq2SeqTrainingArguments(str(tmp_path_factory.mktemp("trainer")), report_to="none", use_cpu=True)
+    MultiTaskTrainer(model=model, args=args, tasks=tasks, processor=processor)
+    return model.eval(), processor
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +299,76 @@ def test_standard_image_text_to_text_pipeline(run_folder, tmp_path):
     assert [r["input_text"] for r in two] == ["what color is it?", "a b"]
     assert all(r["generated_text"].startswith(r["input_text"]) for r in two)  # full text by default, as for any model
     assert len(alone) == 1 and isinstance(alone[0]["generated_text"], str)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# int8 and predict.py
+
+
+def test_int8_model_saves_and_reloads_in_a_fresh_process(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    quantized = quantize_dynamic_int8(model)
+    quantized.save_pretrained(tmp_path / "int8")
+    batch = processor("caption", {"img": Image.new("RGB", (40, 30), "red"), "cap": "a red circle"})
+    with torch.no_grad():
+        np.save(tmp_path / "int8_logits.npy", quantized(**batch).logits.numpy())
+    torch.save(dict(batch), tmp_path / "batch.pt")
+    out = check(
+        run_python(
+            f"""
+            import numpy as np, torch
+            import modeling_ofa
+            from transformers import AutoModelForSeq2SeqLM
+            model = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / "int8")!r})
+            print(type(model.lm_head).__module__)
+            batch = torch.load({str(tmp_path / "batch.pt")!r}, weights_only=True)
+            with torch.no_grad():
+                logits = model(**batch).logits.numpy()
+            np.testing.assert_allclose(logits, np.load({str(tmp_path / "int8_logits.npy")!r}), rtol=0, atol=1e-5)
+            """,
+            cwd=tmp_path,
+        )
+    )
+    assert out.strip().splitlines()[-1] == "torch.ao.nn.quantized.dynamic.modules.linear"
+
+
+def test_tasks_save_their_generation_defaults(run_folder, tmp_path):
+    out = check(
+        run_python(
+            f"""
+            import json
+            import processing
+            from transformers import AutoProcessor
+            print(json.dumps(AutoProcessor.from_pretrained({str(run_folder)!r}).generation_defaults))
+            """,
+            cwd=tmp_path,
+        )
+    )
+    defaults = json.loads(out.strip().splitlines()[-1])
+    assert defaults["caption"]["num_beams"] == 3 and defaults["caption"]["max_new_tokens"] == 7
+    assert defaults["vqa"]["num_beams"] == 1  # closed sets decode greedily (OFASys)
+
+
+def predict(folder: Path, cwd: Path, *flags: str) -> dict:
+    image = cwd / "red.png"
+    Image.new("RGB", (40, 30), "red").save(image)
+    command = [sys.executable, str(ROOT / "scripts" / "predict.py"), str(folder), "--task", "caption"]
+    done = subprocess.run(
+        [*command, "--image", str(image), *flags],
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    return json.loads(check(done))
+
+
+def test_predict_takes_generation_settings(run_folder, model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    cached = predict(run_folder, tmp_path, "--num-beams", "2", "--max-new-tokens", "3")
+    uncached = predict(run_folder, tmp_path, "--num-beams", "2", "--max-new-tokens", "3", "--no-cache")
+    assert cached == uncached  # the key/value cache changes the speed, not the answer
+    example = processor.encode("caption", {"img": Image.new("RGB", (40, 30), "red")}, with_targets=False)
+    generated = model.generate(**processor.collate([example]), num_beams=2, max_new_tokens=3)
+    assert [cached] == processor.post_process_generation(generated, "caption", [example["meta"]])
