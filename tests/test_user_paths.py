@@ -372,3 +372,60 @@ def test_predict_takes_generation_settings(run_folder, model_and_processor, tmp_
     example = processor.encode("caption", {"img": Image.new("RGB", (40, 30), "red")}, with_targets=False)
     generated = model.generate(**processor.collate([example]), num_beams=2, max_new_tokens=3)
     assert [cached] == processor.post_process_generation(generated, "caption", [example["meta"]])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Your own metrics
+
+
+def test_user_metrics_callables_evaluate_modules_and_compute_metrics(tmp_path):
+    out = check(
+        run_python(
+            f"""
+            import json
+            import torch
+            from PIL import Image
+            from transformers import Seq2SeqTrainingArguments
+            from modeling_ofa import OFAConfig, OFAForConditionalGeneration
+            from processing import OFAImageProcessor, OFAProcessor, train_demo_tokenizer
+            from trainers import MultiTaskTrainer, Task
+
+            colors = ["red", "blue", "green"]
+            rows = [{{"img": Image.new("RGB", (32, 32), c), "cap": f"a {{c}} circle", "q": "what color", "a": c}}
+                    for c in colors * 2]
+            tokenizer = train_demo_tokenizer([{WORDS!r}] * 20, vocab_size=300, num_codes=16, num_bins=50)
+            processor = OFAProcessor(OFAImageProcessor(size=32), tokenizer, max_image_size=32)
+            torch.manual_seed(0)
+            model = OFAForConditionalGeneration(OFAConfig.from_preset(
+                "demo", vocab_size=len(tokenizer), encoder_layers=1, decoder_layers=1))
+
+            def answer_words(predictions, references):  # a plain function: logged under its name
+                return sum(len(p.split()) for p in predictions) / len(predictions)
+
+            class Agreement:  # what evaluate.load(...) returns: a name and compute(predictions=, references=)
+                name = "agreement"
+                def compute(self, predictions, references):
+                    return {{"agreement": float(sum(p == r for p, r in zip(predictions, references))), "n": 6,
+                            "per_example": [p == r for p, r in zip(predictions, references)]}}
+
+            tasks = [
+                Task("caption", {TASKS["caption"]!r}, rows, rows, metrics=["exact_match", answer_words, Agreement()],
+                     max_new_tokens=4),
+                Task("vqa", {TASKS["vqa"]!r}.replace("question", "q").replace("answer", "a"), rows, rows,
+                     metrics={{"first_letter": lambda p, r: float(sum(x[:1] == y[:1] for x, y in zip(p, r)))}}),
+            ]
+            args = Seq2SeqTrainingArguments({str(tmp_path / "run")!r}, max_steps=1, per_device_train_batch_size=2,
+                                            report_to="none", use_cpu=True)
+            trainer = MultiTaskTrainer(model=model, args=args, tasks=tasks, processor=processor,
+                                       compute_metrics=lambda p: {{"references": len(p.label_ids)}})
+            print(json.dumps(trainer.evaluate()))
+            """,
+            cwd=tmp_path,
+        )
+    )
+    metrics = json.loads(out.strip().splitlines()[-1])
+    for key in ("caption_exact_match", "caption_answer_words", "caption_agreement", "caption_agreement_n"):
+        assert f"eval_{key}" in metrics, sorted(metrics)
+    assert "eval_caption_agreement_per_example" not in metrics  # a list is not a score
+    assert "eval_vqa_first_letter" in metrics and "eval_vqa_accuracy" not in metrics  # the mapping replaces defaults
+    assert metrics["eval_caption_references"] == metrics["eval_vqa_references"] == 6

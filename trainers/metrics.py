@@ -17,7 +17,11 @@ The OFASys metric names `vqa_score`, `iou_acc` and `f_measure` are accepted as a
 
 Libraries are imported when their metric is first used, so label metrics work without the `[train]` extra. Nothing
 here downloads anything: `evaluate.load(...)` would fetch metric scripts from the Hub, so the libraries are called
-directly.
+directly, and `evaluate` is not a dependency (its pip package ships no metric that loads offline by name).
+
+Your own metrics: a `Task` also takes callables `fn(predictions, references) -> float | dict[str, float]` and loaded
+`evaluate` modules (anything with `.compute(predictions=..., references=...)`, e.g. `evaluate.load("bleu")` where the
+Hub or a local metric script is available); `score_metric_function` runs one.
 
 ```python
 >>> compute_metrics(["exact_match", "wer"], ["a cat sits on the mat"], ["a cat sat on the mat"])
@@ -33,7 +37,8 @@ import re
 import string
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from numbers import Real
 from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
@@ -53,7 +58,9 @@ __all__ = [
     "macro_f1",
     "normalize_vqa_answer",
     "object_accuracy",
+    "metric_function_name",
     "rouge_l",
+    "score_metric_function",
     "vqa_accuracy",
     "vqa_accuracy_official",
     "word_error_rate",
@@ -550,3 +557,39 @@ def compute_metrics(
             raise ValueError(f"{name}: the score is NaN; check the inputs")
         results[name] = score
     return results
+
+
+def metric_function_name(metric: Any) -> str:
+    """The name a user metric is logged under: an `evaluate` module's `name`, else the function's `__name__`."""
+    name = getattr(metric, "name", None) if hasattr(metric, "compute") else getattr(metric, "__name__", None)
+    if not isinstance(name, str) or not name or name == "<lambda>":
+        raise ValueError(f"metric {metric!r} has no usable name: pass it in a mapping, metrics={{'my_metric': fn}}")
+    return name
+
+
+def score_metric_function(
+    name: str, metric: Any, predictions: Sequence[Any], references: Sequence[Any]
+) -> dict[str, float]:
+    """Run one user metric: a callable `fn(predictions, references)` or an object with `.compute(predictions=...,
+    references=...)` (an `evaluate` module).
+
+    Returns:
+        `dict[str, float]`: `{name: score}` for a number; for a mapping, each numeric entry as `name_key` (`name`
+        itself for the entry named like the metric), other entries (lists, strings) left out.
+    """
+    if hasattr(metric, "compute"):
+        result = metric.compute(predictions=list(predictions), references=list(references))
+    else:
+        result = metric(list(predictions), list(references))
+    if isinstance(result, Mapping):
+        scores = {
+            name if key == name else f"{name}_{key}": float(value)
+            for key, value in result.items()
+            if isinstance(value, Real) and not isinstance(value, bool)
+        }
+        if not scores:
+            raise ValueError(f"metric {name!r} returned no numeric score: {result!r}")
+        return scores
+    if isinstance(result, bool) or not isinstance(result, Real):
+        raise TypeError(f"metric {name!r} must return a number or a mapping of numbers, got {type(result).__name__}")
+    return {name: float(result)}

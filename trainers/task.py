@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from processing import RepeatGroup, Slot, TaskPlan, parse_instruction
 
 from .data import check_dataset, column_names, dataset_size, is_streaming
-from .metrics import METRIC_ALIASES, METRICS
+from .metrics import METRIC_ALIASES, METRICS, metric_function_name
 
 __all__ = ["DEFAULT_METRICS", "GENERATION_DEFAULTS", "TARGET_KINDS", "Task"]
 
@@ -116,9 +116,11 @@ class Task:
             e.g. `{"img": "image", "cap": "caption"}`.
         weight (`float`, defaults to 1.0):
             Sampling weight (used by the `explicit` strategy). Must be finite and > 0.
-        metrics (`str` or `list[str]`, *optional*):
-            Names from `trainers.metrics.METRICS` (or OFASys aliases). Default: [`DEFAULT_METRICS`] for the target
-            kind (accuracy for labels, Acc@0.5 for boxes, none for text).
+        metrics (`str`, callable, or a list or `{name: metric}` mapping of them, *optional*):
+            Names from `trainers.metrics.METRICS` (or OFASys aliases), and your own metrics: callables
+            `fn(predictions, references) -> float | dict[str, float]` (logged under `fn.__name__` or the mapping's
+            key) or loaded `evaluate` modules (`evaluate.load("bleu")`, logged under their `name`). Default:
+            [`DEFAULT_METRICS`] for the target kind (accuracy for labels, Acc@0.5 for boxes, none for text).
         batch_size (`int`, *optional*):
             Micro-batch size per device for this task; default `per_device_train_batch_size`.
         candidates (`list[str]`, *optional*):
@@ -144,7 +146,7 @@ class Task:
         *,
         column_mapping: Mapping[str, str] | None = None,
         weight: float = 1.0,
-        metrics: str | Sequence[str] | None = None,
+        metrics: str | Callable[..., Any] | Sequence[Any] | Mapping[str, Any] | None = None,
         batch_size: int | None = None,
         candidates: Iterable[str] | None = None,
         num_beams: int | None = None,
@@ -192,7 +194,8 @@ class Task:
             raise ValueError(f"{where}: on_error must be one of {_ON_ERROR}, got {on_error!r}")
         self.on_error = on_error
         self.reference_column = reference_column
-        self.metrics = self._check_metrics(metrics)
+        # Built-in metric names (what reports and bootstrap intervals look up), and the user's own metrics by name.
+        self.metrics, self.metric_functions = self._check_metrics(metrics)
 
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
@@ -224,13 +227,33 @@ class Task:
 
     # -- checks -------------------------------------------------------------------------------------------------------
 
-    def _check_metrics(self, metrics: str | Sequence[str] | None) -> tuple[str, ...]:
-        names = DEFAULT_METRICS[self.target_kind] if metrics is None else metrics
-        names = (names,) if isinstance(names, str) else tuple(names)
+    def _check_metrics(self, metrics: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+        metrics = DEFAULT_METRICS[self.target_kind] if metrics is None else metrics
+        if isinstance(metrics, Mapping):
+            entries = list(metrics.items())
+        else:
+            single = isinstance(metrics, str) or callable(metrics) or hasattr(metrics, "compute")
+            entries = [(None, metric) for metric in ((metrics,) if single else tuple(metrics))]
+        names: list[str] = []
+        functions: dict[str, Any] = {}
+        for key, metric in entries:
+            if not isinstance(metric, str):
+                if not (callable(metric) or hasattr(metric, "compute")):
+                    raise TypeError(
+                        f"Task {self.name!r}: a metric is a name, a callable fn(predictions, references) or an "
+                        f"evaluate module, got {type(metric).__name__}"
+                    )
+                try:
+                    name = key if key is not None else metric_function_name(metric)
+                except ValueError as error:
+                    raise ValueError(f"Task {self.name!r}: {error}") from error
+                if not isinstance(name, str) or not name or name in functions or name in METRICS:
+                    raise ValueError(f"Task {self.name!r}: metric name {name!r} is empty, repeated or built in")
+                functions[name] = metric
+                continue
+            names.append(metric)
         allowed = _METRIC_REFERENCES[self.target_kind]
         for metric in names:
-            if not isinstance(metric, str):
-                raise TypeError(f"Task {self.name!r}: metric names must be str, got {type(metric).__name__}")
             spec = METRICS.get(METRIC_ALIASES.get(metric, metric))
             if spec is None:
                 known = ", ".join(sorted(METRICS.keys() | METRIC_ALIASES.keys()))
@@ -242,7 +265,7 @@ class Task:
                     f"{self.target_kind} target does not produce; metrics for {self.target_kind} targets: "
                     f"{', '.join(fitting) or 'none yet'}"
                 )
-        return names
+        return tuple(names), functions
 
     def _check_data(self, dataset: Any, what: str, *, require_targets: bool) -> None:
         where = f"Task {self.name!r}: {what}"
@@ -358,5 +381,5 @@ class Task:
         evaluation = "none" if self.eval_dataset is None else (dataset_size(self.eval_dataset) or "streaming")
         return (
             f"Task({self.name!r}, {self.instruction!r}, target={self.target_kind}, train={train}, eval={evaluation}, "
-            f"weight={self.weight}, metrics={list(self.metrics)})"
+            f"weight={self.weight}, metrics={[*self.metrics, *self.metric_functions]})"
         )
