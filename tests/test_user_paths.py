@@ -41,11 +41,19 @@ TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_arg
 SUBPROCESS_TIMEOUT = 240
 
 
-def run_python(code: str, *, cwd: Path, env: dict[str, str] | None = None, python: str = sys.executable):
-    """`python -c code` in a fresh interpreter, offline, one thread; returns the finished process."""
+def run_python(
+    code: str,
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+    argv: list[str] | None = None,
+):
+    """`python -c code` (or `python *argv`, a script) in a fresh interpreter, offline, one thread; returns the
+    finished process."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **(env or {})}
     return subprocess.run(
-        [python, "-c", textwrap.dedent(code)],
+        [python, *argv] if argv else [python, "-c", textwrap.dedent(code)],
         cwd=cwd,
         env=environment,
         stdin=subprocess.DEVNULL,  # transformers' "run custom code? [y/N]" prompt reads EOF: a refusal
@@ -145,11 +153,8 @@ def python_without_package(tmp_path_factory) -> str:
 
 
 def test_push_dry_run_lists_exactly_the_hub_repo(run_folder, tmp_path):
-    done = run_python(
-        f"import runpy, sys; sys.argv = ['push_to_hub.py', {str(run_folder)!r}, {REPO_ID!r}, '--dry-run']; "
-        f"runpy.run_path({str(ROOT / 'scripts' / 'push_to_hub.py')!r}, run_name='__main__')",
-        cwd=tmp_path,
-    )
+    push = str(ROOT / "scripts" / "push_to_hub.py")
+    done = run_python("", cwd=tmp_path, argv=[push, str(run_folder), REPO_ID, "--dry-run"])
     out = check(done)
     listed = json.loads(out[: out.rindex("}") + 1])["files"]
     expected = {
@@ -262,11 +267,8 @@ def test_without_package_or_trust_remote_code_loading_refuses_loudly(run_folder,
 def test_card_snippets_run_verbatim_once_pushed(run_folder, tmp_path):
     """`push_to_hub.py --dry-run --run-snippets` runs the card's code as published: naming the repo, whose files are
     exactly the upload list (an offline Hub cache), in a fresh interpreter."""
-    done = run_python(
-        f"import runpy, sys; sys.argv = ['push_to_hub.py', {str(run_folder)!r}, {REPO_ID!r}, '--dry-run', "
-        f"'--run-snippets']; runpy.run_path({str(ROOT / 'scripts' / 'push_to_hub.py')!r}, run_name='__main__')",
-        cwd=tmp_path,
-    )
+    push = str(ROOT / "scripts" / "push_to_hub.py")
+    done = run_python("", cwd=tmp_path, argv=[push, str(run_folder), REPO_ID, "--dry-run", "--run-snippets"])
     out = check(done)
     summary = json.loads(out[: out.rindex("}") + 1])
     assert len(summary["snippet_outputs"]) == 3 and summary["pipeline_tag"] == "image-text-to-text"
@@ -429,3 +431,104 @@ def test_user_metrics_callables_evaluate_modules_and_compute_metrics(tmp_path):
     assert "eval_caption_agreement_per_example" not in metrics  # a list is not a score
     assert "eval_vqa_first_letter" in metrics and "eval_vqa_accuracy" not in metrics  # the mapping replaces defaults
     assert metrics["eval_caption_references"] == metrics["eval_vqa_references"] == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-task adapters under MultiTaskTrainer
+
+
+ADAPTER_TRAINING = """
+import json, sys
+import torch
+from PIL import Image
+from transformers import Seq2SeqTrainingArguments, TrainerCallback
+from modeling_ofa import OFAConfig, OFAForConditionalGeneration, TaskAdapters
+from processing import OFAImageProcessor, OFAProcessor, train_demo_tokenizer
+from trainers import MultiTaskTrainer, Task
+
+out = sys.argv[1]
+colors = ["red", "blue", "green"]
+rows = [{"img": Image.new("RGB", (32, 32), c), "cap": f"a {c} circle", "q": "what color", "a": c} for c in colors * 4]
+tokenizer = train_demo_tokenizer(["a red blue green circle what does the image describe what color"] * 20,
+                                 vocab_size=300, num_codes=16, num_bins=50)
+processor = OFAProcessor(OFAImageProcessor(size=32), tokenizer, max_image_size=32)
+torch.manual_seed(0)
+model = OFAForConditionalGeneration(OFAConfig.from_preset(
+    "demo", vocab_size=len(tokenizer), encoder_layers=1, decoder_layers=1))
+model.save_pretrained(f"{out}/base")
+adapters = TaskAdapters(model, ["caption", "vqa"], r=4)
+tasks = [
+    Task("caption", "[IMAGE:img] what does the image describe? -> [TEXT:cap]", rows, rows, max_new_tokens=4),
+    Task("vqa", "[IMAGE:img] [TEXT:q] -> [TEXT:a,closed_set]", rows),
+]
+base = {n: p.detach().clone() for n, p in adapters.model.named_parameters() if not p.requires_grad}
+
+class MovedAdapters(TrainerCallback):  # which task's adapter each optimizer step changed
+    def __init__(self):
+        self.steps, self.before = [], None
+    def snapshot(self):
+        return {t: [p.detach().clone() for p in adapters.adapter_parameters(t).values()] for t in adapters.tasks}
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.before = self.snapshot()
+    def on_step_end(self, args, state, control, **kwargs):
+        after = self.snapshot()
+        changed = [t for t in after if any(not torch.equal(a, b) for a, b in zip(after[t], self.before[t]))]
+        self.steps.append(sorted(changed))
+
+moved = MovedAdapters()
+args = Seq2SeqTrainingArguments(f"{out}/run", max_steps=6, per_device_train_batch_size=2, learning_rate=5e-3,
+                                report_to="none", use_cpu=True, save_strategy="no", seed=1)
+trainer = MultiTaskTrainer(model=adapters.model, args=args, tasks=tasks, processor=processor, sampling="uniform",
+                           task_adapters=adapters, callbacks=[moved])
+trainer.train()
+base_moved = [n for n, p in adapters.model.named_parameters() if n in base and not torch.equal(p, base[n])]
+adapters.save(f"{out}/adapters")
+processor.save_pretrained(f"{out}/adapters")
+adapters.model.eval()
+batch = processor("caption", {"img": Image.new("RGB", (32, 32), "red"), "cap": "a red circle"})
+logits = {}
+for task in adapters.tasks:
+    adapters.activate(task)
+    with torch.no_grad():
+        logits[task] = adapters.model(**batch).logits.tolist()
+json.dump({"steps": moved.steps, "base_moved": base_moved, "logits": logits}, open(f"{out}/trained.json", "w"))
+"""
+
+ADAPTER_RELOAD = """
+import json, sys
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoModelForSeq2SeqLM, AutoProcessor, pipeline
+import modeling_ofa, processing
+from modeling_ofa import TaskAdapters
+
+out = sys.argv[1]
+trained = json.load(open(f"{out}/trained.json"))
+processor = AutoProcessor.from_pretrained(f"{out}/adapters")
+adapters = TaskAdapters.load(AutoModelForSeq2SeqLM.from_pretrained(f"{out}/base"), f"{out}/adapters")
+adapters.model.eval()
+batch = processor("caption", {"img": Image.new("RGB", (32, 32), "red"), "cap": "a red circle"})
+for task in ("caption", "vqa"):
+    adapters.activate(task)  # switch at inference by task name
+    with torch.no_grad():
+        logits = adapters.model(**batch).logits.numpy()
+    np.testing.assert_allclose(logits, np.array(trained["logits"][task]), rtol=0, atol=1e-5)
+ofa = pipeline("ofa-instruction", model=adapters.model, processor=processor, task_adapters=adapters)
+print(json.dumps([ofa({"img": Image.new("RGB", (32, 32), "red"), "q": "what color"}, instruction="vqa"),
+                  adapters.active]))
+"""
+
+
+def test_task_adapters_train_per_batch_save_and_switch_by_task(tmp_path):
+    """A user's training script, then a second process that reloads the adapters on the saved base model."""
+    (tmp_path / "train.py").write_text(ADAPTER_TRAINING)
+    (tmp_path / "reload.py").write_text(ADAPTER_RELOAD)
+    check(run_python("", cwd=tmp_path, argv=["train.py", str(tmp_path)]))
+    trained = json.loads((tmp_path / "trained.json").read_text())
+    assert all(len(step) == 1 for step in trained["steps"]), trained["steps"]  # one task's adapter per step
+    assert {task for step in trained["steps"] for task in step} == {"caption", "vqa"}  # every task's adapter trains
+    assert trained["base_moved"] == []
+    assert not np.allclose(trained["logits"]["caption"], trained["logits"]["vqa"])
+    out = check(run_python("", cwd=tmp_path, argv=["reload.py", str(tmp_path)]))
+    answer, active = json.loads(out.strip().splitlines()[-1])
+    assert answer["label"] in {"red", "blue", "green"} and active == "vqa"
