@@ -11,7 +11,7 @@ from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoProcessor
 
 from modeling_ofa import OFAConfig
 
-from .audio import OFAAudioFeatureExtractor, resample_waveform
+from .audio import OFAAudioFeatureExtractor, decode_audio, resample_waveform, undecoded_audio
 from .closed_set import CandidateTrie, ClosedSetLogitsProcessor, build_answer_trie, closed_set_prefix_allowed_tokens_fn
 from .collator import collate_examples
 from .image import OFAImageProcessor, load_image
@@ -73,6 +73,7 @@ __all__ = [
     "closed_set_prefix_allowed_tokens_fn",
     "code_token",
     "collate_examples",
+    "decode_audio",
     "load_image",
     "parse_bin_token",
     "parse_instruction",
@@ -80,6 +81,7 @@ __all__ = [
     "sample_frame_indices",
     "tokens_to_box",
     "train_demo_tokenizer",
+    "undecoded_audio",
 ]
 
 AutoImageProcessor.register(OFAConfig, image_processor_classes={"pil": OFAImageProcessor}, exist_ok=True)

@@ -8,8 +8,12 @@ speech-to-text recipes it comes from apply utterance-level cepstral mean and var
 train and eval time (plus SpecAugment at train time, which is an augmentation and not done here). So utterance CMVN
 is on by default (`do_normalize=True`) and can be switched off.
 
-Inputs may be 1-D float arrays (numpy, torch, or lists of floats) in [-1, 1], or the decoded dicts that
-`datasets.Audio` yields (`{"array": ..., "sampling_rate": ...}`). A single 2-D array is one multi-channel clip, not a
+Inputs may be 1-D float arrays (numpy, torch, or lists of floats) in [-1, 1], the decoded dicts that
+`datasets.Audio` yields (`{"array": ..., "sampling_rate": ...}`), the undecoded ones of `Audio(decode=False)`
+(`{"bytes": ..., "path": ...}`, decoded here by `decode_audio`: soundfile when it is installed, else the standard
+library's `wave` for PCM WAV, so no torchcodec is needed), or a decoder object with `get_all_samples()` (what
+`datasets.Audio` returns where torchcodec is installed). `undecoded_audio` makes a dataset's `Audio` columns yield
+`{"bytes", "path"}` (what `Task` does to its datasets). A single 2-D array is one multi-channel clip, not a
 batch: its shorter axis is taken as channels and mixed down to mono by averaging. Batches are lists. Clips at another
 sampling rate are resampled to `sampling_rate` (polyphase `scipy.signal.resample_poly` when scipy is importable,
 otherwise linear interpolation; both give `ceil(n * target / source)` samples), or rejected when `resample=False`.
@@ -18,8 +22,11 @@ otherwise linear interpolation; both give `ceil(n * target / source)` samples), 
 from __future__ import annotations
 
 import functools
+import io
 import math
-from collections.abc import Callable, Mapping, Sequence
+import os
+import wave
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
@@ -29,7 +36,7 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, is_torch_tensor, logging
 
-__all__ = ["OFAAudioFeatureExtractor", "resample_waveform"]
+__all__ = ["OFAAudioFeatureExtractor", "decode_audio", "resample_waveform", "undecoded_audio"]
 
 logger = logging.get_logger(__name__)
 
@@ -41,6 +48,62 @@ _INT16_SCALE = 2.0**15
 _CMVN_STD_FLOOR = 1e-5
 # A 2-D clip whose shorter axis exceeds this is more likely a mistake (e.g. a batch as one array) than audio channels.
 _MAX_CHANNELS = 16
+
+
+def decode_audio(source: bytes | str | os.PathLike, where: str = "audio") -> dict[str, Any]:
+    """Encoded audio (file bytes or a path) -> `{"array": float32 mono in [-1, 1], "sampling_rate": int}`.
+
+    Uses soundfile (libsndfile: WAV, FLAC, OGG, MP3) when it is importable, else the standard library's `wave` (PCM
+    WAV only; other formats are an error that names soundfile).
+    """
+    try:
+        import soundfile
+    except ImportError:
+        soundfile = None
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    if isinstance(handle, str) and not os.path.isfile(handle):
+        raise ValueError(
+            f"{where}: the audio file {handle!r} does not exist (an audio dict holds 'array' and 'sampling_rate', or "
+            "the 'bytes' or 'path' of an audio file)"
+        )
+    if soundfile is not None:
+        try:
+            samples, rate = soundfile.read(handle, dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise ValueError(f"{where}: could not decode the audio ({err})") from err
+        return {"array": samples.mean(axis=1), "sampling_rate": int(rate)}
+    try:
+        with wave.open(handle, "rb") as f:
+            width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+            raw = f.readframes(f.getnframes())
+    except (wave.Error, EOFError) as err:
+        raise ValueError(
+            f"{where}: not a PCM WAV file ({err}); other formats (FLAC, MP3, OGG) decode with `pip install soundfile`"
+        ) from err
+    dtypes = {1: np.uint8, 2: np.int16, 4: np.int32}
+    if width not in dtypes:
+        raise ValueError(f"{where}: unsupported WAV sample width of {width} bytes (use 8-, 16- or 32-bit PCM)")
+    samples = np.frombuffer(raw, dtype=dtypes[width]).astype(np.float32)
+    samples = (samples - 128.0) / 128.0 if width == 1 else samples / float(2 ** (8 * width - 1))
+    return {"array": samples.reshape(-1, channels).mean(axis=1), "sampling_rate": int(rate)}
+
+
+def undecoded_audio(dataset: Any, columns: Iterable[str]) -> Any:
+    """`dataset` with its `datasets.Audio` columns among `columns` cast to `Audio(decode=False)`.
+
+    `datasets` decodes `Audio()` columns with torchcodec, which needs FFmpeg and is not a dependency here; undecoded,
+    rows hold `{"bytes", "path"}`, which `OFAAudioFeatureExtractor` decodes itself (`decode_audio`). Datasets without
+    `features` (lists, streams of unknown schema) are returned as they are.
+    """
+    features = getattr(dataset, "features", None)
+    if not isinstance(features, Mapping):
+        return dataset
+    for column in columns:
+        feature = features.get(column)
+        if type(feature).__name__ == "Audio" and getattr(feature, "decode", False):
+            dataset = dataset.cast_column(column, type(feature)(sampling_rate=feature.sampling_rate, decode=False))
+            logger.info(f"column {column!r}: audio is decoded by OFAAudioFeatureExtractor (Audio(decode=False))")
+    return dataset
 
 
 @functools.cache
@@ -234,6 +297,14 @@ class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
     def _to_mono_waveform(self, clip: Any, sampling_rate: int | None, resample: bool, where: str) -> np.ndarray:
         """Validate one clip and return it as a 1-D float64 waveform at `self.sampling_rate`."""
         clip_rate = sampling_rate
+        if callable(getattr(clip, "get_all_samples", None)):  # a torchcodec AudioDecoder (datasets' Audio())
+            decoded = clip.get_all_samples()
+            clip = {"array": decoded.data.mean(dim=0), "sampling_rate": int(decoded.sample_rate)}
+        elif isinstance(clip, Mapping) and "array" not in clip and ("bytes" in clip or "path" in clip):
+            source = clip.get("bytes") or clip.get("path")  # Audio(decode=False): the encoded file, or its path
+            if source is None:
+                raise ValueError(f"{where}: an undecoded audio dict has neither bytes nor a path")
+            clip = decode_audio(source, where)
         if isinstance(clip, Mapping):
             if "array" not in clip:
                 raise ValueError(

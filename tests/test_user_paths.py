@@ -532,3 +532,65 @@ def test_task_adapters_train_per_batch_save_and_switch_by_task(tmp_path):
     out = check(run_python("", cwd=tmp_path, argv=["reload.py", str(tmp_path)]))
     answer, active = json.loads(out.strip().splitlines()[-1])
     assert answer["label"] in {"red", "blue", "green"} and active == "vqa"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# datasets: Audio() columns and streaming, with the default settings
+
+DATASETS_TRAINING = """
+import io, json, sys, wave
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Seq2SeqTrainingArguments
+from modeling_ofa import OFAConfig, OFAForConditionalGeneration
+from processing import OFAImageProcessor, OFAProcessor, train_demo_tokenizer
+from trainers import MultiTaskTrainer, Task
+
+out = sys.argv[1]
+paths = []
+for i, tone in enumerate((440.0, 880.0, 660.0)):  # PCM WAV files, as a user's recordings
+    samples = (0.3 * np.sin(2 * np.pi * tone * np.arange(8000) / 8000) * 32767).astype(np.int16)
+    path = f"{out}/clip{i}.wav"
+    with wave.open(path, "wb") as f:
+        f.setnchannels(1); f.setsampwidth(2); f.setframerate(8000); f.writeframes(samples.tobytes())
+    paths.append(path)
+words = ["low", "high", "middle"]
+speech = datasets.Dataset.from_dict({"audio": paths * 2, "text": words * 2}).cast_column("audio", datasets.Audio())
+undecoded = datasets.Dataset.from_dict({"audio": paths, "text": words}).cast_column(
+    "audio", datasets.Audio(decode=False))
+colors = ["red", "blue", "green"]
+images = datasets.Dataset.from_list(
+    [{"img": Image.new("RGB", (32, 32), c), "cap": f"a {c} circle"} for c in colors * 2]
+).to_iterable_dataset()  # streaming
+
+tokenizer = train_demo_tokenizer(["a red blue green circle what does the image describe low high middle"] * 20,
+                                 vocab_size=300, num_codes=16, num_bins=50)
+processor = OFAProcessor(OFAImageProcessor(size=32), tokenizer, max_image_size=32)
+torch.manual_seed(0)
+model = OFAForConditionalGeneration(OFAConfig.from_preset(
+    "demo", vocab_size=len(tokenizer), encoder_layers=1, decoder_layers=1))
+tasks = [
+    Task("asr", "[AUDIO:audio] what is the text corresponding to the voice? -> [TEXT:text]", speech, undecoded,
+         metrics=["wer"], max_new_tokens=3),
+    Task("caption", "[IMAGE:img] what does the image describe? -> [TEXT:cap]", images),
+]
+args = Seq2SeqTrainingArguments(f"{out}/run", max_steps=4, per_device_train_batch_size=2, report_to="none",
+                                use_cpu=True, save_strategy="no")
+trainer = MultiTaskTrainer(model=model, args=args, tasks=tasks, processor=processor)  # default sampling
+result = trainer.train()
+metrics = trainer.evaluate()
+print(json.dumps({"sampling": trainer.sampling, "loss": result.training_loss, "wer": metrics["eval_asr_wer"]}))
+"""
+
+
+def test_audio_columns_and_streaming_train_with_the_defaults(tmp_path):
+    """An `Audio()` column (which datasets decodes with torchcodec, not installed here), `Audio(decode=False)` bytes,
+    and a streaming task, trained with MultiTaskTrainer's default settings."""
+    (tmp_path / "train.py").write_text(DATASETS_TRAINING)
+    done = run_python("", cwd=tmp_path, argv=["train.py", str(tmp_path)])
+    out = check(done)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["sampling"] == "uniform" and np.isfinite(result["loss"]) and result["wer"] >= 0
+    assert "'caption'] stream" in done.stderr  # the adapted default is said, with the reason

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from processing import RepeatGroup, Slot, TaskPlan, parse_instruction
+from processing import RepeatGroup, Slot, TaskPlan, parse_instruction, undecoded_audio
 
 from .data import check_dataset, column_names, dataset_size, is_streaming
 from .metrics import METRIC_ALIASES, METRICS, metric_function_name
@@ -197,12 +197,14 @@ class Task:
         # Built-in metric names (what reports and bootstrap intervals look up), and the user's own metrics by name.
         self.metrics, self.metric_functions = self._check_metrics(metrics)
 
-        self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
+        # datasets' Audio() decoding needs torchcodec; the processor decodes {bytes, path} itself.
+        audio = sorted({s.column for t in plan.templates for s in t.data_slots if s.modality == "AUDIO"})
+        self.train_dataset = undecoded_audio(train_dataset, audio)
+        self.eval_dataset = undecoded_audio(eval_dataset, audio)
         if train_dataset is not None:
-            self._check_data(train_dataset, "train_dataset", require_targets=True)
+            self._check_data(self.train_dataset, "train_dataset", require_targets=True)
         if eval_dataset is not None:
-            self._check_data(eval_dataset, "eval_dataset", require_targets=reference_column is None)
+            self._check_data(self.eval_dataset, "eval_dataset", require_targets=reference_column is None)
             if reference_column is not None:
                 columns = column_names(eval_dataset)
                 if columns is not None and reference_column not in columns:
