@@ -232,8 +232,15 @@ class OFAConfig(PretrainedConfig):
             For `"topk"`: experts per token (1 or 2).
         moe_capacity_factor (`float`, *optional*, defaults to 1.25):
             For `"topk"`: each expert takes at most `factor * tokens * top_k / experts` tokens (None: no limit).
-        moe_aux_loss_weight (`float`, defaults to 0.01):
-            For `"topk"`: weight of the load-balancing loss added to the training loss.
+        router_aux_loss_coef (`float`, defaults to 0.01):
+            For `"topk"`: weight of the routers' load-balancing loss (Switch), added to the training loss. One loss
+            per stack (encoder, decoder) over the routed positions of all its expert layers, as in transformers' MoE
+            models. The old name `moe_aux_loss_weight` is read as this.
+        router_z_loss_coef (`float`, defaults to 0.0):
+            For `"topk"`: weight of the router z-loss (ST-MoE), which keeps router logits small.
+        output_router_logits (`bool`, defaults to `False`):
+            Return the routers' logits in the model output (`encoder_router_logits`, `decoder_router_logits`) and
+            the router losses also outside training.
         label_smoothing (`float`, defaults to 0.0):
             Label smoothing of the training loss (OFA fine-tunes with 0.1).
         pad_token_id (`int`, defaults to 1):
@@ -255,7 +262,7 @@ class OFAConfig(PretrainedConfig):
     """
 
     model_type = "ofa"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     attribute_map = {
         "hidden_size": "d_model",
         "num_attention_heads": "encoder_attention_heads",
@@ -306,7 +313,9 @@ class OFAConfig(PretrainedConfig):
         moe_num_experts: int = 4,
         moe_top_k: int = 1,
         moe_capacity_factor: float | None = 1.25,
-        moe_aux_loss_weight: float = 0.01,
+        router_aux_loss_coef: float = 0.01,
+        router_z_loss_coef: float = 0.0,
+        output_router_logits: bool = False,
         label_smoothing: float = 0.0,
         pad_token_id: int = 1,
         bos_token_id: int = 0,
@@ -340,6 +349,12 @@ class OFAConfig(PretrainedConfig):
                 )
         if moe_top_k not in (1, 2):
             raise ValueError(f"moe_top_k={moe_top_k} must be 1 or 2")
+        if "moe_aux_loss_weight" in kwargs:  # the name configs saved before the router fields had
+            router_aux_loss_coef = kwargs.pop("moe_aux_loss_weight")
+        if router_aux_loss_coef < 0 or router_z_loss_coef < 0:
+            raise ValueError(
+                f"router_aux_loss_coef={router_aux_loss_coef} and router_z_loss_coef={router_z_loss_coef} must be >= 0"
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1)")
         self.vocab_size = vocab_size
@@ -384,7 +399,9 @@ class OFAConfig(PretrainedConfig):
         self.moe_num_experts = moe_num_experts
         self.moe_top_k = moe_top_k
         self.moe_capacity_factor = moe_capacity_factor
-        self.moe_aux_loss_weight = moe_aux_loss_weight
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self.router_z_loss_coef = router_z_loss_coef
+        self.output_router_logits = output_router_logits
         self.label_smoothing = label_smoothing
         self.use_cache = use_cache
         super().__init__(

@@ -22,7 +22,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +36,25 @@ from transformers.modeling_outputs import (
     BaseModelOutput,
     BaseModelOutputWithPastAndCrossAttentions,
     Seq2SeqLMOutput,
-    Seq2SeqModelOutput,
+    Seq2SeqMoEModelOutput,
+    Seq2SeqMoEOutput,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .adapters import AudioAdapter, MotionAdapter, VideoTimeEmbedding
 from .configuration_ofa import MODALITIES, RESNET_LAYERS, OFAConfig
-from .moe import ModalityMoE, TopKMoE, dense_to_moe_state_dict, select_moe_layers, sum_aux_losses
-from .resnet import DropPath, OFAResNet, drop_path_rates
+from .moe import ModalityMoE, TopKMoE, TopKRouter, dense_to_moe_state_dict, router_losses, select_moe_layers
+from .resnet import DropPath, FrozenBatchNorm2d, OFAResNet, drop_path_rates
 
 __all__ = [
+    "CACHE_NAME",
+    "OFACache",
+    "OFADecoderOutput",
     "OFAEncoderOutput",
     "OFASeq2SeqLMOutput",
     "OFAPreTrainedModel",
@@ -52,11 +62,125 @@ __all__ = [
     "OFADecoder",
     "OFAModel",
     "OFAForConditionalGeneration",
+    "eager_attention_forward",
     "make_token_bucket_positions",
+    "micro_batch_share",
     "make_image_bucket_positions",
     "image_grid_position_ids",
     "shift_tokens_right",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The KV cache's name, and the keyword arguments a forward accepts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+# transformers 5.24 renamed the KV cache `past_key_values` -> `cache`, as a forward argument (what `generate` passes)
+# and as an output field (what `generate` reads back); older 5.x releases use `past_key_values` for both. The model
+# takes `cache=` and returns the cache under the field this transformers has.
+CACHE_NAME = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+# What `**kwargs: Unpack[TransformersKwargs]` may hold; anything else is an error, never silently dropped.
+_TRANSFORMERS_KWARGS = frozenset(TransformersKwargs.__required_keys__ | TransformersKwargs.__optional_keys__)
+
+
+def _check_kwargs(kwargs: dict, where: str, ignored: tuple[str, ...] = ()) -> None:
+    """Raise on keyword arguments that are neither named parameters of `where` nor `TransformersKwargs`.
+
+    `ignored` names inputs of another part of the model that callers hand to this part too (`generate` passes every
+    model keyword that does not start with `decoder_` to the encoder, `code_masks` included); they are explicitly
+    not this part's business.
+    """
+    unknown = sorted(set(kwargs) - _TRANSFORMERS_KWARGS - set(ignored))
+    if unknown:
+        raise TypeError(f"{where}.forward() got unexpected keyword arguments {unknown}")
+
+
+def _accepts_past_key_values(func: Callable) -> Callable:
+    """`past_key_values=` as an alias of `cache=`.
+
+    On transformers >= 5.24 it is deprecated, as in transformers' own models; older releases' `generate` still passes
+    `past_key_values` itself, so there the alias is silent.
+    """
+    if CACHE_NAME == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(func)
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        if "past_key_values" in kwargs:
+            if kwargs.get("cache") is not None:
+                raise ValueError("pass the KV cache once, as `cache` (or its old name `past_key_values`), not both")
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+# Decoder inputs that `generate` hands to the encoder as well (it passes every model keyword argument that does not
+# start with `decoder_`); the encoder leaves them to the decoder.
+_DECODER_INPUTS = ("code_masks",)
+
+
+class OFACache(EncoderDecoderCache):
+    """The decoder's KV cache (`EncoderDecoderCache`) plus the projected position keys OFA's biases reuse.
+
+    The attention layers read and write the self- and cross-attention caches as in BART. On top of them, the decoder
+    stores projections that depend on the weights and the encoder output only, so that a cached step computes them
+    for its own positions alone:
+
+    Attributes:
+        self_position_keys (`dict[int, torch.Tensor]`):
+            Projected self-attention position keys of every decoder position so far, per position kind (0: text
+            positions, 1: image-code positions), each `(num_heads, positions, head_dim)`. They do not depend on the
+            batch row, so beam reordering leaves them; after `crop` the first rows are used.
+        cross_position_keys (`torch.Tensor` of shape `(batch_size, num_heads, encoder_length, head_dim)`, *optional*):
+            The decoder's projection of the encoder's position embeddings, computed on the first decoder call.
+
+    Any `EncoderDecoderCache` handed to the model (by `generate` or by hand) is wrapped into one with `from_cache`,
+    sharing its layer caches; the output carries the `OFACache`, which is what the next step should get.
+    """
+
+    def __init__(self, *caches) -> None:
+        super().__init__(*caches)
+        self.self_position_keys: dict[int, torch.Tensor] = {}
+        self.cross_position_keys: torch.Tensor | None = None
+
+    @classmethod
+    def from_cache(cls, cache: Cache) -> OFACache:
+        """`cache` itself if it is an `OFACache`; otherwise an `OFACache` over the same layer caches."""
+        if isinstance(cache, cls):
+            return cache
+        if not isinstance(cache, EncoderDecoderCache):
+            raise TypeError(
+                "OFA's decoder needs an EncoderDecoderCache (self- and cross-attention caches), got "
+                f"{type(cache).__name__}"
+            )
+        wrapped = cls(cache.self_attention_cache, cache.cross_attention_cache)
+        wrapped.is_updated = cache.is_updated
+        return wrapped
+
+    def reset(self) -> None:
+        super().reset()
+        self.self_position_keys = {}
+        self.cross_position_keys = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.cross_position_keys is not None:
+            self.cross_position_keys = self.cross_position_keys.index_select(
+                0, beam_idx.to(self.cross_position_keys.device)
+            )
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.cross_position_keys is not None:
+            self.cross_position_keys = self.cross_position_keys.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.cross_position_keys is not None:
+            self.cross_position_keys = self.cross_position_keys[indices]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -113,6 +237,20 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
+def micro_batch_share(
+    aux_loss: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None
+) -> torch.Tensor:
+    """The router loss to add to one micro-batch's token loss.
+
+    With accumulated micro-batches (`num_items_in_batch`, the scored tokens of the whole step) the token loss is a
+    sum over the step's tokens; the router loss is then weighed by this micro-batch's share of them, so that a step
+    adds it once rather than once per micro-batch.
+    """
+    if num_items_in_batch is None:
+        return aux_loss
+    return aux_loss * labels.ne(-100).sum() / num_items_in_batch
+
+
 def _moe_layers(config: OFAConfig, num_layers: int) -> set[int]:
     """Indices of the layers that get an expert block."""
     if config.moe_type == "none":
@@ -120,15 +258,10 @@ def _moe_layers(config: OFAConfig, num_layers: int) -> set[int]:
     return set(select_moe_layers(config.moe_layers, num_layers))
 
 
-# Attribute of a decoder cache that holds the projected self-attention position keys: {kind: (H, S, D/H)}, kind 0
-# for text positions, 1 for image-code positions. They do not depend on the batch row, so beam reordering leaves them
-# as they are; a cropped cache uses the first rows.
-_POSITION_KEYS = "ofa_self_position_keys"
-
-
-def _mask_value(dtype: torch.dtype) -> float:
-    # The most negative finite value: a fully masked row then stays finite instead of turning into NaN.
-    return torch.finfo(dtype).min
+def _additive_mask(masked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (True = masked key) -> additive float mask: 0 where attended, the dtype's most negative finite
+    value where masked (finite, so a fully masked row stays free of NaN)."""
+    return torch.zeros(masked.shape, dtype=dtype, device=masked.device).masked_fill(masked, torch.finfo(dtype).min)
 
 
 @dataclass
@@ -159,20 +292,6 @@ class _RelativeSpan:
 
 
 @dataclass
-class OFASeq2SeqLMOutput(Seq2SeqLMOutput):
-    """
-    `Seq2SeqLMOutput` plus the mixture-of-experts auxiliary loss.
-
-    Args:
-        aux_loss (`torch.FloatTensor`, *optional*):
-            Weighted load-balancing loss of the `topk` routers of this forward; in training it is already included
-            in `loss`, and it is reported here separately for logging.
-    """
-
-    aux_loss: torch.FloatTensor | None = None
-
-
-@dataclass
 class OFAEncoderOutput(BaseModelOutput):
     """
     Encoder output, plus what the decoder needs besides the hidden states.
@@ -185,15 +304,44 @@ class OFAEncoderOutput(BaseModelOutput):
             cross-attention position bias.
         modality_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             `MODALITIES` index of every position (routes modality experts).
-        cross_position_keys (`torch.FloatTensor`, *optional*):
-            The decoder's projection of `position_embeddings`, computed once on the first decoder call and reused
-            by every generation step.
+        router_logits (`tuple(torch.FloatTensor)`, *optional*):
+            With `output_router_logits` on a `topk` model: per expert layer, the router logits of the routed (real)
+            positions, `(routed_positions, num_experts)`.
     """
 
     padding_mask: torch.BoolTensor | None = None
     position_embeddings: torch.FloatTensor | None = None
     modality_ids: torch.LongTensor | None = None
-    cross_position_keys: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class OFADecoderOutput(BaseModelOutputWithPastAndCrossAttentions):
+    """
+    Decoder output (`BaseModelOutputWithPastAndCrossAttentions`; its cache is an `OFACache`) plus router logits.
+
+    Args:
+        router_logits (`tuple(torch.FloatTensor)`, *optional*):
+            With `output_router_logits` on a `topk` model: per expert layer, the router logits of the routed (real)
+            target positions, `(routed_positions, num_experts)`.
+    """
+
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class OFASeq2SeqLMOutput(Seq2SeqMoEOutput):
+    """
+    `Seq2SeqMoEOutput` plus the weighted total of the router losses.
+
+    Args:
+        aux_loss (`torch.FloatTensor`, *optional*):
+            `router_aux_loss_coef * (encoder_aux_loss + decoder_aux_loss) + router_z_loss_coef * (encoder_z_loss +
+            decoder_z_loss)` of a `topk` model; in training it is already included in `loss` (when labels are given),
+            and it is reported here separately for logging and for trainers that compute the token loss themselves.
+    """
+
+    aux_loss: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -201,8 +349,47 @@ class OFAEncoderOutput(BaseModelOutput):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention with an additive position bias, the contract of `ALL_ATTENTION_FUNCTIONS` entries.
+
+    Args:
+        query, key, value (`torch.Tensor`): `(B, H, T, D/H)`, `(B, H, S, D/H)`, `(B, H, S, D/H)`.
+        attention_mask (`torch.Tensor`, *optional*): Additive `(B, 1, T, S)` mask (0 or the dtype minimum).
+        scaling (`float`): Query scale.
+        dropout (`float`): Dropout on the attention probabilities.
+        position_bias (`torch.Tensor`, *optional*): Additive `(B, H, T, S)` bias.
+
+    Returns:
+        The output `(B, T, H, D/H)` and the attention probabilities `(B, H, T, S)`.
+    """
+    scores = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, H, T, S)
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(F.dropout(weights, dropout, module.training), value)  # (B, H, T, D/H)
+    return out.transpose(1, 2).contiguous(), weights
+
+
 class OFAAttention(nn.Module):
-    """Multi-head attention with an additive bias (positions + mask) and NormFormer's per-head output scale."""
+    """Multi-head attention with OFA's additive position bias and NormFormer's per-head output scale.
+
+    The attention itself runs through `ALL_ATTENTION_FUNCTIONS[config._attn_implementation]` (`"sdpa"`, `"eager"`,
+    or a function registered with `AttentionInterface`), which takes the bias as `position_bias`, as T5 does;
+    `attn_implementation` therefore switches at load time and with `set_attn_implementation`. Asking for the
+    attention weights (`output_attentions`) computes them eagerly, since SDPA does not return them.
+    """
 
     def __init__(self, config: OFAConfig, num_heads: int, layer_idx: int | None = None, is_cross: bool = False):
         super().__init__()
@@ -213,6 +400,8 @@ class OFAAttention(nn.Module):
         self.dropout = config.attention_dropout
         self.layer_idx = layer_idx
         self.is_cross = is_cross
+        # Causality is part of the additive mask the decoder builds, so the attention functions must not add theirs.
+        self.is_causal = False
         self.q_proj = nn.Linear(config.d_model, config.d_model)
         self.k_proj = nn.Linear(config.d_model, config.d_model)
         self.v_proj = nn.Linear(config.d_model, config.d_model)
@@ -225,68 +414,79 @@ class OFAAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attn_bias: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_bias: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
-        output_attentions: bool = False,
+        cache: EncoderDecoderCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`attn_bias` (B, H, T, S) holds the position bias with masked keys already at the dtype minimum."""
+        """
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, target_length, d_model)`): The queries' input.
+            attention_mask (`torch.Tensor` of shape `(batch_size, 1, target_length, key_length)`, *optional*):
+                Additive mask: 0 for visible keys, the dtype minimum for masked ones (padding, future positions).
+            position_bias (`torch.Tensor` of shape `(batch_size, num_heads, target_length, key_length)`):
+                OFA's absolute plus relative position bias.
+            key_value_states (`torch.Tensor`, *optional*): The encoder output, for cross-attention.
+            cache (`EncoderDecoderCache`, *optional*): The decoder's cache; this layer's keys and values are added.
+        """
         bsz, tgt_len, _ = hidden_states.shape
         query = self._heads(self.q_proj(hidden_states))  # (B, H, T, D/H)
 
-        cache = None
-        if past_key_values is not None:
-            if isinstance(past_key_values, EncoderDecoderCache):
-                cache = past_key_values.cross_attention_cache if self.is_cross else past_key_values.self_attention_cache
-            else:
-                cache = past_key_values
-        if self.is_cross and cache is not None and past_key_values.is_updated.get(self.layer_idx, False):
+        layer_cache = None
+        if cache is not None:
+            layer_cache = cache.cross_attention_cache if self.is_cross else cache.self_attention_cache
+        if self.is_cross and cache is not None and cache.is_updated.get(self.layer_idx, False):
             # The encoder does not change during generation: reuse its projected keys and values.
-            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+            key, value = layer_cache.layers[self.layer_idx].keys, layer_cache.layers[self.layer_idx].values
         else:
             source = key_value_states if self.is_cross else hidden_states
             key, value = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))  # (B, H, S, D/H)
-            if cache is not None:
-                key, value = cache.update(key, value, self.layer_idx)
+            if layer_cache is not None:
+                key, value = layer_cache.update(key, value, self.layer_idx)
                 if self.is_cross:
-                    past_key_values.is_updated[self.layer_idx] = True
+                    cache.is_updated[self.layer_idx] = True
 
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            scores = torch.matmul(query * self.scaling, key.transpose(-1, -2)) + attn_bias  # (B, H, T, S)
-            weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-            out = torch.matmul(F.dropout(weights, dropout, self.training), value)  # (B, H, T, D/H)
-        else:
-            out = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attn_bias.to(query.dtype), dropout_p=dropout, scale=self.scaling
-            )
+        implementation = "eager" if kwargs.get("output_attentions") else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        if implementation == "eager":
+            attention = eager_attention_forward
+        out, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            position_bias=position_bias,
+            is_causal=False,
+            **kwargs,
+        )  # out: (B, T, H, D/H)
         if self.c_attn is not None:
-            out = out * self.c_attn.view(1, -1, 1, 1).to(out.dtype)
-        out = out.transpose(1, 2).reshape(bsz, tgt_len, -1)  # (B, T, D)
+            out = out * self.c_attn.view(1, 1, -1, 1).to(out.dtype)
+        out = out.reshape(bsz, tgt_len, -1)  # (B, T, D)
         return self.out_proj(out), weights
 
 
-class OFAEncoderLayer(GradientCheckpointingLayer):
-    """Self-attention and feed-forward blocks, pre-LN with NormFormer LayerNorms."""
+class _OFALayer(GradientCheckpointingLayer):
+    """What encoder and decoder layers share: pre-LN self-attention with NormFormer LayerNorms, and the feed-forward
+    block (dense `fc1`/`fc2`/`ffn_layer_norm`, the original key names, or an expert block at `moe`)."""
 
-    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0, use_moe: bool = False):
+    def __init__(
+        self, config: OFAConfig, num_heads: int, ffn_dim: int, layer_idx: int, drop_path_rate: float, use_moe: bool
+    ):
         super().__init__()
         d = config.d_model
         self.normalize_before = config.normalize_before
-        self.self_attn = OFAAttention(config, config.encoder_attention_heads, layer_idx)
+        self.self_attn = OFAAttention(config, num_heads, layer_idx)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self._build_feed_forward(config, config.encoder_ffn_dim, use_moe)
-        self.drop_path = DropPath(drop_path_rate)
-
-    def _build_feed_forward(self, config: OFAConfig, ffn_dim: int, use_moe: bool) -> None:
-        """Dense `fc1`/`fc2`/`ffn_layer_norm` (original key names), or an expert block at `moe`."""
-        d = config.d_model
         self.final_layer_norm = nn.LayerNorm(d)
         self.activation_fn = ACT2FN[config.activation_function]
         self.dropout = nn.Dropout(config.dropout)
         self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.drop_path = DropPath(drop_path_rate)
         self.moe = None
         if not use_moe:
             self.fc1 = nn.Linear(d, ffn_dim)
@@ -309,131 +509,171 @@ class OFAEncoderLayer(GradientCheckpointingLayer):
                 config.num_experts,
                 top_k=config.moe_top_k,
                 capacity_factor=config.moe_capacity_factor,
-                balance_loss_coef=config.moe_aux_loss_weight,
+                balance_loss_coef=config.router_aux_loss_coef,
+                z_loss_coef=config.router_z_loss_coef,
                 **shared,
             )
 
-    def feed_forward(self, hidden_states: torch.Tensor, modality_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_block(
+        self,
+        attn: OFAAttention,
+        pre_norm: nn.LayerNorm,
+        mid_norm: nn.LayerNorm | None,
+        hidden_states: torch.Tensor,
+        **attn_kwargs,
+    ) -> torch.Tensor:
+        """Residual attention sub-block: (pre-LN) -> attention -> NormFormer LN -> dropout, drop-path -> (post-LN)."""
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = pre_norm(hidden_states)
+        hidden_states, _ = attn(hidden_states, **attn_kwargs)
+        if mid_norm is not None:
+            hidden_states = mid_norm(hidden_states)
+        hidden_states = residual + self.drop_path(self.dropout(hidden_states))
+        if not self.normalize_before:
+            hidden_states = pre_norm(hidden_states)
+        return hidden_states
+
+    def feed_forward_block(
+        self, hidden_states: torch.Tensor, modality_ids: torch.Tensor | None, token_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Residual feed-forward sub-block; expert blocks route real tokens only (`token_mask`, True = real)."""
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states, modality_ids, token_mask))
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states
+
+    def feed_forward(
+        self,
+        hidden_states: torch.Tensor,
+        modality_ids: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if self.moe is None:
             hidden_states = self.activation_dropout(self.activation_fn(self.fc1(hidden_states)))
             if self.ffn_layer_norm is not None:
                 hidden_states = self.ffn_layer_norm(hidden_states)
             return self.dropout(self.fc2(hidden_states))
         if isinstance(self.moe, TopKMoE):
-            return self.moe(hidden_states)[0]
+            return self.moe(hidden_states, token_mask)[0]
         if modality_ids is None:
             modality_ids = torch.zeros(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
         expert_ids = self.modality_to_expert[modality_ids]  # (B, T)
         if bool((expert_ids < 0).any()):
             missing = sorted({MODALITIES[i] for i in modality_ids[expert_ids < 0].unique().tolist()})
             raise ValueError(f"modalities {missing} belong to no group of config.moe_modality_groups")
-        return self.moe(hidden_states, expert_ids)
+        return self.moe(hidden_states, expert_ids, token_mask)
+
+
+class OFAEncoderLayer(_OFALayer):
+    """Self-attention and feed-forward blocks, pre-LN with NormFormer LayerNorms."""
+
+    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0, use_moe: bool = False):
+        super().__init__(
+            config, config.encoder_attention_heads, config.encoder_ffn_dim, layer_idx, drop_path_rate, use_moe
+        )
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attn_bias: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_bias: torch.Tensor,
         modality_ids: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        token_mask: torch.Tensor | None = None,
         bias_builder: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
         """
         Args:
             hidden_states (`torch.Tensor` of shape `(batch_size, length, d_model)`): The layer's input.
-            attn_bias (`torch.Tensor` of shape `(batch_size, num_heads, length, length)`): The attention bias, with
-                masked keys at the dtype minimum; or, with `bias_builder`, what the builder turns into it.
+            attention_mask (`torch.Tensor` of shape `(batch_size, 1, length, length)`): Additive key-padding mask.
+            position_bias (`torch.Tensor` of shape `(batch_size, num_heads, length, length)`): The position bias; or,
+                with `bias_builder`, what the builder turns into it.
             modality_ids (`torch.Tensor` of shape `(batch_size, length)`, *optional*): Routes modality experts.
-            output_attentions (`bool`): Also return the attention weights.
-            bias_builder (`Callable`, *optional*): Builds this layer's bias from `attn_bias` (the part all layers
+            token_mask (`torch.Tensor` of shape `(batch_size, length)`, *optional*): True at real positions; expert
+                blocks route only those.
+            bias_builder (`Callable`, *optional*): Builds this layer's bias from `position_bias` (the part all layers
                 share). It runs here, inside the region that gradient checkpointing recomputes, so checkpointing
                 keeps the shared tensor once rather than one `(batch_size, num_heads, length, length)` bias per layer.
         """
         if bias_builder is not None:
-            attn_bias = bias_builder(attn_bias)
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-        hidden_states, weights = self.self_attn(hidden_states, attn_bias, output_attentions=output_attentions)
-        if self.self_attn_mid_layer_norm is not None:
-            hidden_states = self.self_attn_mid_layer_norm(hidden_states)
-        hidden_states = residual + self.drop_path(self.dropout(hidden_states))
-        if not self.normalize_before:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states, modality_ids))
-        if not self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
-        return hidden_states, weights
-
-
-class OFADecoderLayer(OFAEncoderLayer):
-    """Causal self-attention, cross-attention over the encoder, feed-forward; each pre-LN with NormFormer LNs."""
-
-    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0, use_moe: bool = False):
-        nn.Module.__init__(self)
-        d = config.d_model
-        self.normalize_before = config.normalize_before
-        self.self_attn = OFAAttention(config, config.decoder_attention_heads, layer_idx)
-        self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self.cross_attn = OFAAttention(config, config.decoder_attention_heads, layer_idx, is_cross=True)
-        self.cross_attn_layer_norm = nn.LayerNorm(d)
-        self.cross_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self._build_feed_forward(config, config.decoder_ffn_dim, use_moe)
-        self.drop_path = DropPath(drop_path_rate)
-
-    def _attention_block(self, attn, pre_norm, mid_norm, hidden_states, bias, output_attentions, **kwargs):
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = pre_norm(hidden_states)
-        hidden_states, weights = attn(hidden_states, bias, output_attentions=output_attentions, **kwargs)
-        if mid_norm is not None:
-            hidden_states = mid_norm(hidden_states)
-        hidden_states = residual + self.drop_path(self.dropout(hidden_states))
-        if not self.normalize_before:
-            hidden_states = pre_norm(hidden_states)
-        return hidden_states, weights
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        self_attn_bias: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        cross_attn_bias: torch.Tensor,
-        modality_ids: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
-        output_attentions: bool = False,
-        use_cache: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        hidden_states, self_weights = self._attention_block(
+            position_bias = bias_builder(position_bias)
+        hidden_states = self.attention_block(
             self.self_attn,
             self.self_attn_layer_norm,
             self.self_attn_mid_layer_norm,
             hidden_states,
-            self_attn_bias,
-            output_attentions,
-            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            position_bias=position_bias,
+            **kwargs,
         )
-        hidden_states, cross_weights = self._attention_block(
+        return self.feed_forward_block(hidden_states, modality_ids, token_mask)
+
+
+class OFADecoderLayer(_OFALayer):
+    """Causal self-attention, cross-attention over the encoder, feed-forward; each pre-LN with NormFormer LNs."""
+
+    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0, use_moe: bool = False):
+        super().__init__(
+            config, config.decoder_attention_heads, config.decoder_ffn_dim, layer_idx, drop_path_rate, use_moe
+        )
+        self.cross_attn = OFAAttention(config, config.decoder_attention_heads, layer_idx, is_cross=True)
+        self.cross_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.cross_attn_mid_layer_norm = nn.LayerNorm(config.d_model) if config.normformer else None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_bias: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        cross_position_bias: torch.Tensor,
+        modality_ids: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, target_length, d_model)`): The layer's input.
+            attention_mask (`torch.Tensor` of shape `(batch_size, 1, target_length, key_length)`): Additive causal
+                and padding mask of the self-attention.
+            position_bias (`torch.Tensor` of shape `(batch_size, num_heads, target_length, key_length)`):
+                Self-attention position bias.
+            encoder_hidden_states (`torch.Tensor` of shape `(batch_size, encoder_length, d_model)`): Encoder output.
+            encoder_attention_mask (`torch.Tensor` of shape `(batch_size, 1, target_length, encoder_length)`):
+                Additive encoder-padding mask.
+            cross_position_bias (`torch.Tensor` of shape `(batch_size, num_heads, target_length, encoder_length)`):
+                Cross-attention position bias.
+            modality_ids, token_mask: as in `OFAEncoderLayer.forward`.
+            cache (`EncoderDecoderCache`, *optional*): Where the attention layers keep their keys and values.
+        """
+        hidden_states = self.attention_block(
+            self.self_attn,
+            self.self_attn_layer_norm,
+            self.self_attn_mid_layer_norm,
+            hidden_states,
+            attention_mask=attention_mask,
+            position_bias=position_bias,
+            cache=cache,
+            **kwargs,
+        )
+        hidden_states = self.attention_block(
             self.cross_attn,
             self.cross_attn_layer_norm,
             self.cross_attn_mid_layer_norm,
             hidden_states,
-            cross_attn_bias,
-            output_attentions,
+            attention_mask=encoder_attention_mask,
+            position_bias=cross_position_bias,
             key_value_states=encoder_hidden_states,
-            past_key_values=past_key_values,
+            cache=cache,
+            **kwargs,
         )
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = residual + self.drop_path(self.feed_forward(hidden_states, modality_ids))
-        if not self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
-        return hidden_states, self_weights, cross_weights
+        return self.feed_forward_block(hidden_states, modality_ids, token_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -442,14 +682,24 @@ class OFADecoderLayer(OFAEncoderLayer):
 
 
 class OFAPreTrainedModel(PreTrainedModel):
+    # Spelled out: with postponed annotations (`from __future__ import annotations`) transformers cannot read the
+    # config class off the `config` annotation.
     config_class = OFAConfig
     config: OFAConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
+    input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
+    # OFA's position bias is an additive term of the attention scores: SDPA takes it, flash attention cannot.
+    # transformers' flex attention would take it as a score modification, but through transformers 5.24 on CPU
+    # (torch 2.13) the process died in it (double free), so it stays off until it is tested where it runs.
     _supports_sdpa = True
+    _supports_flex_attn = False
+    _supports_flash_attn = False
+    # Expert routing has data-dependent shapes.
+    _can_compile_fullgraph = False
     _no_split_modules = ["OFAEncoderLayer", "OFADecoderLayer", "OFAResNet"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _keys_to_ignore_on_load_unexpected = [r"encoder\.version", r"decoder\.version"]
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -458,7 +708,14 @@ class OFAPreTrainedModel(PreTrainedModel):
             init.ones_(module.c_attn)
         elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, OFAEncoderLayer) and isinstance(module.moe, ModalityMoE):
+        elif isinstance(module, FrozenBatchNorm2d):
+            # Its statistics and affine are buffers, which the generic initialization leaves alone: an identity norm.
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, _OFALayer) and isinstance(module.moe, ModalityMoE):
             init.copy_(module.modality_to_expert, torch.tensor(self.config.modality_to_expert()))
         elif isinstance(module, (OFAEncoder, OFADecoder)):
             # Relative position tables start at zero (no bias until learned), as in the original.
@@ -520,6 +777,12 @@ class _PositionTables(nn.Module):
 class OFAEncoder(OFAPreTrainedModel, _PositionTables):
     """Embeds `[image patches ; text tokens]` and runs the encoder layers with position biases."""
 
+    _can_record_outputs = {
+        "hidden_states": OFAEncoderLayer,
+        "attentions": OutputRecorder(OFAAttention, index=1),
+        "router_logits": OutputRecorder(TopKRouter, index=0),
+    }
+
     def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding | None = None):
         super().__init__(config)
         d = config.d_model
@@ -527,7 +790,9 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, d, config.pad_token_id)
         self.type_embedding = nn.Embedding(2, d) if config.add_type_embedding else None
         self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
-        self.embed_images = OFAResNet(RESNET_LAYERS[config.resnet_type], config.resnet_drop_path_rate)
+        self.embed_images = OFAResNet(
+            RESNET_LAYERS[config.resnet_type], config.resnet_drop_path_rate, norm=config.resnet_norm
+        )
         self.image_proj = nn.Linear(OFAResNet.out_channels, d)
         self.patch_layernorm_embedding = nn.LayerNorm(d) if config.patch_layernorm_embedding else None
         extra = config.extra_modalities
@@ -546,12 +811,6 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         self.layer_norm = nn.LayerNorm(d) if config.normalize_before else None
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     def _type(self, x: torch.Tensor, type_id: int) -> torch.Tensor:
         if self.type_embedding is None:
@@ -664,6 +923,7 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         rel_ids = torch.arange(length, device=x.device)
         return _Segment(self.dropout(x), padding, positions, rel_ids, False, MODALITIES.index("TEXT"))
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -681,10 +941,7 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         motion_attention_mask: torch.Tensor | None = None,
         motion_masks: torch.BoolTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> OFAEncoderOutput:
         r"""
         The encoder sequence is `[image ; video ; audio ; motion ; text]`, each part present only when given.
@@ -712,6 +969,9 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
             inputs_embeds (`torch.FloatTensor` of shape `(batch_size, text_length, d_model)`, *optional*):
                 Token embeddings to use instead of looking up `input_ids`.
         """
+        _check_kwargs(kwargs, type(self).__name__, ignored=_DECODER_INPUTS)
+        for name in _DECODER_INPUTS:
+            kwargs.pop(name, None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the OFA encoder")
         segments = []
@@ -741,7 +1001,7 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         pos_q = self._heads(self.pos_q_linear(positions)) * self.pos_scaling
         pos_k = self._heads(self.pos_k_linear(positions))
         abs_bias = torch.matmul(pos_q, pos_k.transpose(-1, -2))
-        key_padding = padding[:, None, None, :]  # (B, 1, 1, N)
+        mask = _additive_mask(padding[:, None, None, :], x.dtype).expand(bsz, 1, length, length)  # (B, 1, N, N)
         # Relative buckets inside each segment (positions of different segments interact only through abs_bias);
         # the same for every layer, only the table they index differs.
         spans, start = [], 0
@@ -750,25 +1010,15 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
             spans.append(_RelativeSpan(start, end, self.relative_buckets(seg), seg.is_image))
             start = end
 
-        hidden_states, attentions = (x,) if output_hidden_states else None, () if output_attentions else None
         for idx, layer in enumerate(self.layers):
             # Each layer builds its own (B, H, N, N) bias from the shared abs_bias inside its forward (see
             # OFAEncoderLayer.forward): under gradient checkpointing, only abs_bias is kept, once for all layers.
-            build = partial(self.layer_bias, idx=idx, spans=spans, key_padding=key_padding)
-            x, weights = layer(x, abs_bias, modality_ids, output_attentions=bool(output_attentions), bias_builder=build)
-            if output_hidden_states:
-                hidden_states += (x,)
-            if output_attentions:
-                attentions += (weights,)
+            build = partial(self.layer_bias, idx=idx, spans=spans)
+            x = layer(x, mask, abs_bias, modality_ids, ~padding, bias_builder=build, **kwargs)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return OFAEncoderOutput(
-            last_hidden_state=x,
-            hidden_states=hidden_states,
-            attentions=attentions,
-            padding_mask=padding,
-            position_embeddings=positions,
-            modality_ids=modality_ids,
+            last_hidden_state=x, padding_mask=padding, position_embeddings=positions, modality_ids=modality_ids
         )
 
     def _adapter(self, modality: str) -> nn.Module:
@@ -787,11 +1037,9 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
             return self.image_rp_bucket[ids[:, :, None], ids[:, None, :]]  # ids: (B, n) grid ids
         return self.token_rp_bucket[ids[:, None], ids[None, :]]  # ids: (n,) 1-D positions
 
-    def layer_bias(
-        self, abs_bias: torch.Tensor, idx: int, spans: list[_RelativeSpan], key_padding: torch.Tensor
-    ) -> torch.Tensor:
-        """Attention bias of layer `idx`: the shared absolute bias (B, H, N, N), plus the relative bias inside each
-        span from the layer's tables, with padding keys (`key_padding` (B, 1, 1, N)) at the dtype minimum."""
+    def layer_bias(self, abs_bias: torch.Tensor, idx: int, spans: list[_RelativeSpan]) -> torch.Tensor:
+        """Position bias of layer `idx`: the shared absolute bias (B, H, N, N), plus the relative bias inside each
+        span from the layer's tables."""
         bias = abs_bias.clone()
         for span in spans:
             if span.is_image:
@@ -799,7 +1047,7 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
             else:
                 rel = F.embedding(span.buckets, self.token_rel_pos_table_list[idx].weight).permute(2, 0, 1)
             bias[:, :, span.start : span.end, span.start : span.end] += rel  # (H, n, n) or (B, H, n, n)
-        return bias.masked_fill(key_padding, _mask_value(bias.dtype))
+        return bias
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -809,6 +1057,13 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
 
 class OFADecoder(OFAPreTrainedModel, _PositionTables):
     """Causal decoder over the unified vocabulary; `code_masks` samples use the 2-D image-code positions."""
+
+    _can_record_outputs = {
+        "hidden_states": OFADecoderLayer,
+        "attentions": OutputRecorder(OFAAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(OFAAttention, index=1, layer_name="cross_attn"),
+        "router_logits": OutputRecorder(TopKRouter, index=0),
+    }
 
     def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding | None = None):
         super().__init__(config)
@@ -848,12 +1103,6 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         )
         return buffers
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-
     def _self_bias(
         self, positions: torch.Tensor, ln: nn.LayerNorm, past: int, stored_keys: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -889,6 +1138,9 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         pos_q = self._heads(self.cross_pos_q_linear(ln(positions[past:]))) * self.pos_scaling  # (H, T, D/H)
         return torch.matmul(pos_q, keys.transpose(-1, -2))
 
+    @merge_with_config_defaults
+    @capture_outputs
+    @_accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -898,42 +1150,49 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         attention_mask: torch.Tensor | None = None,
         code_masks: torch.BoolTensor | None = None,
         decoder_modality_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         encoder_outputs: OFAEncoderOutput | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> OFADecoderOutput:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`):
-                Decoder input ids (only the new ones when `past_key_values` holds the earlier steps).
+                Decoder input ids (only the new ones when `cache` holds the earlier steps).
             encoder_hidden_states, encoder_padding_mask, encoder_position_embeddings:
-                From `OFAEncoderOutput` (`last_hidden_state`, `padding_mask`, `position_embeddings`). Passing
-                `encoder_outputs` instead lets the decoder reuse its projection of the encoder positions.
+                From `OFAEncoderOutput` (`last_hidden_state`, `padding_mask`, `position_embeddings`), or pass
+                `encoder_outputs` itself.
             attention_mask (`torch.Tensor` of shape `(batch_size, past + target_length)`, *optional*):
-                1 for real decoder tokens, 0 for padding; the causal mask is always applied.
+                1 for real decoder tokens, 0 for padding; the causal mask is always applied. Without it, positions
+                whose input id is `pad_token_id` are not routed to experts.
             code_masks (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
                 True for samples whose target is a sequence of image codes.
             decoder_modality_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 `MODALITIES` index of each sample's target slot, which routes the decoder's modality experts.
                 Defaults to IMAGE_CODE for `code_masks` samples and TEXT otherwise.
+            cache (`Cache`, *optional*):
+                The decoding cache (`OFACache`; any `EncoderDecoderCache` is wrapped into one). With `use_cache`
+                and no cache, a new one is made. Its old name `past_key_values` is accepted as an alias.
         """
+        _check_kwargs(kwargs, type(self).__name__)
         if encoder_outputs is not None:
             encoder_hidden_states = encoder_outputs.last_hidden_state
             encoder_padding_mask = encoder_outputs.padding_mask
             encoder_position_embeddings = encoder_outputs.position_embeddings
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds to the OFA decoder")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         bsz, tgt_len = inputs_embeds.shape[:2]
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = OFACache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        elif cache is not None:
+            cache = OFACache.from_cache(cache)
+        past = cache.get_seq_length() if cache is not None else 0
         total = past + tgt_len
         self._check_length(total, "the decoder sequence")
-        device = inputs_embeds.device
+        device, dtype = inputs_embeds.device, inputs_embeds.dtype
 
         # Per-kind positions of all S decoder steps: text (1-D) and, if any sample generates codes, image (2-D).
         kinds = [(self.embed_positions.weight[:total], self.pos_ln)]  # [(positions (S, D), LayerNorm)]
@@ -943,35 +1202,39 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
             kinds.append((self.embed_image_positions(code_ids), self.image_pos_ln))
             select = code_masks.to(torch.bool).view(bsz, 1, 1, 1)
 
-        # The decoder's projection of the encoder positions, once per encoder output (generation reuses it).
-        cross_keys = encoder_outputs.cross_position_keys if encoder_outputs is not None else None
+        # Projected position keys that depend on the weights and the encoder only live on the cache, so a cached
+        # step projects only its own positions: the encoder positions' keys once per encoder output, the decoder
+        # positions' keys once per position.
+        cross_keys = cache.cross_position_keys if cache is not None else None
         if cross_keys is None:
             cross_keys = self._heads(self.cross_pos_k_linear(encoder_position_embeddings))  # (B, H, N, D/H)
-            if encoder_outputs is not None:
-                encoder_outputs["cross_position_keys"] = cross_keys
-        # The projected self-attention position keys of every kind ride on the cache (as the encoder positions'
-        # keys ride on the encoder output), so a cached step projects only its own positions.
-        stored_keys = None
-        if past_key_values is not None:
-            stored_keys = getattr(past_key_values, _POSITION_KEYS, None)
-            if stored_keys is None:
-                stored_keys = {}
-                setattr(past_key_values, _POSITION_KEYS, stored_keys)
+            if cache is not None:
+                cache.cross_position_keys = cross_keys
         self_abs = []  # [(H, T, S)]
         for kind, (pos, ln) in enumerate(kinds):
-            bias, keys = self._self_bias(pos, ln, past, stored_keys.get(kind) if stored_keys is not None else None)
+            stored = cache.self_position_keys.get(kind) if cache is not None else None
+            bias, keys = self._self_bias(pos, ln, past, stored)
             self_abs.append(bias)
-            if stored_keys is not None:
-                stored_keys[kind] = keys
+            if cache is not None:
+                cache.self_position_keys[kind] = keys
         cross_abs = [self._cross_bias(pos, ln, past, cross_keys) for pos, ln in kinds]  # [(B, H, T, N)]
         cross_bias = torch.where(select, cross_abs[1], cross_abs[0]) if use_codes else cross_abs[0]
-        cross_bias = cross_bias.masked_fill(encoder_padding_mask[:, None, None, :], _mask_value(cross_bias.dtype))
+        encoder_mask = _additive_mask(encoder_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, N)
+        encoder_mask = encoder_mask.expand(bsz, 1, tgt_len, -1)  # (B, 1, T, N)
 
         # Causal and padding mask over the S keys: (B, 1, T, S).
         query_pos = torch.arange(past, total, device=device)
         masked = (torch.arange(total, device=device)[None, :] > query_pos[:, None])[None, None]
         if attention_mask is not None:
             masked = masked | attention_mask[:, None, None, -total:].eq(0)
+        self_mask = _additive_mask(masked, dtype).expand(bsz, 1, tgt_len, total)
+        # Positions that experts route: real target tokens only.
+        if attention_mask is not None:
+            token_mask = attention_mask[:, -tgt_len:].ne(0)  # (B, T)
+        elif input_ids is not None:
+            token_mask = input_ids.ne(self.config.pad_token_id)
+        else:
+            token_mask = None
 
         # Embeddings: text samples and code samples have their own LayerNorm.
         x = inputs_embeds * self.embed_scale
@@ -990,9 +1253,6 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
                 )
         modality_ids = decoder_modality_ids.view(bsz, 1).expand(bsz, tgt_len)  # (B, T): one modality per target
 
-        hidden_states = (x,) if output_hidden_states else None
-        self_attns = () if output_attentions else None
-        cross_attns = () if output_attentions else None
         for idx, layer in enumerate(self.layers):
             rel_text = F.embedding(self.token_rp_bucket[past:total, :total], self.token_rel_pos_table_list[idx].weight)
             bias = self_abs[0] + rel_text.permute(2, 0, 1)  # (H, T, S)
@@ -1000,31 +1260,22 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
                 buckets = self.image_rp_bucket[code_ids[past:total, None], code_ids[None, :]]  # (T, S)
                 rel_code = F.embedding(buckets, self.image_rel_pos_table_list[idx].weight).permute(2, 0, 1)
                 bias = torch.where(select, self_abs[1] + rel_code, bias)  # (B, H, T, S)
-            bias = bias.expand(bsz, -1, -1, -1).masked_fill(masked, _mask_value(bias.dtype))
-            x, self_w, cross_w = layer(
+            bias = bias.expand(bsz, -1, -1, -1)  # (B, H, T, S)
+            x = layer(
                 x,
+                self_mask,
                 bias,
                 encoder_hidden_states,
+                encoder_mask,
                 cross_bias,
                 modality_ids,
-                past_key_values=past_key_values,
-                output_attentions=bool(output_attentions),
-                use_cache=bool(use_cache),
+                token_mask,
+                cache=cache,
+                **kwargs,
             )
-            if output_hidden_states:
-                hidden_states += (x,)
-            if output_attentions:
-                self_attns += (self_w,)
-                cross_attns += (cross_w,)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=x,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=hidden_states,
-            attentions=self_attns,
-            cross_attentions=cross_attns,
-        )
+        return OFADecoderOutput(last_hidden_state=x, **{CACHE_NAME: cache if use_cache else None})
 
     def _text_ln(self, x: torch.Tensor) -> torch.Tensor:
         return self.layernorm_embedding(x) if self.layernorm_embedding is not None else x
@@ -1038,6 +1289,7 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
 class OFAModel(OFAPreTrainedModel):
     """The OFA encoder-decoder without the language-model head; returns the decoder's last hidden states."""
 
+    _input_embed_layer = "shared"
     _tied_weights_keys = {
         "encoder.embed_tokens.weight": "shared.weight",
         "decoder.embed_tokens.weight": "shared.weight",
@@ -1050,20 +1302,14 @@ class OFAModel(OFAPreTrainedModel):
         self.decoder = OFADecoder(config, self.shared)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.shared
-
     def set_input_embeddings(self, value: nn.Embedding) -> None:
+        # The encoder and the decoder share the token embedding.
         self.shared = value
         self.encoder.embed_tokens = value
         self.decoder.embed_tokens = value
 
-    def get_encoder(self, modality: str | None = None) -> OFAEncoder:
-        return self.encoder
-
-    def get_decoder(self) -> OFADecoder:
-        return self.decoder
-
+    @can_return_tuple
+    @_accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1084,25 +1330,23 @@ class OFAModel(OFAPreTrainedModel):
         decoder_attention_mask: torch.Tensor | None = None,
         code_masks: torch.BoolTensor | None = None,
         decoder_modality_ids: torch.LongTensor | None = None,
-        encoder_outputs: OFAEncoderOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        encoder_outputs: OFAEncoderOutput | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         decoder_inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqModelOutput:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqMoEModelOutput:
         r"""
         Args:
             input_ids, attention_mask, pixel_values, patch_masks, inputs_embeds, and the video, audio and motion
                 inputs: see `OFAEncoder.forward`.
             decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`):
                 `<s>` followed by the target tokens (`shift_tokens_right(labels)`).
-            decoder_attention_mask, code_masks: see `OFADecoder.forward`.
+            decoder_attention_mask, code_masks, decoder_modality_ids, cache: see `OFADecoder.forward`.
             encoder_outputs (`OFAEncoderOutput`, *optional*): a previous encoder pass, reused as is.
         """
+        _check_kwargs(kwargs, type(self).__name__)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids,
@@ -1120,8 +1364,7 @@ class OFAModel(OFAPreTrainedModel):
                 motion_attention_mask=motion_attention_mask,
                 motion_masks=motion_masks,
                 inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
+                **kwargs,
             )
         elif not isinstance(encoder_outputs, OFAEncoderOutput):
             raise TypeError(
@@ -1134,21 +1377,22 @@ class OFAModel(OFAPreTrainedModel):
             attention_mask=decoder_attention_mask,
             code_masks=code_masks,
             decoder_modality_ids=decoder_modality_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            **kwargs,
         )
-        return Seq2SeqModelOutput(
+        return Seq2SeqMoEModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
+            decoder_router_logits=decoder_outputs.router_logits,
             cross_attentions=decoder_outputs.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
+            encoder_router_logits=encoder_outputs.router_logits,
+            **{CACHE_NAME: getattr(decoder_outputs, CACHE_NAME)},
         )
 
 
@@ -1162,18 +1406,6 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         self.model = OFAModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_encoder(self, modality: str | None = None) -> OFAEncoder:
-        return self.model.encoder
-
-    def get_decoder(self) -> OFADecoder:
-        return self.model.decoder
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -1220,6 +1452,8 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @can_return_tuple
+    @_accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1241,27 +1475,35 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         code_masks: torch.BoolTensor | None = None,
         decoder_modality_ids: torch.LongTensor | None = None,
         encoder_outputs: OFAEncoderOutput | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         decoder_inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        num_items_in_batch: int | torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> OFASeq2SeqLMOutput:
         r"""
         Args:
             labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
                 Target ids followed by `</s>`; -100 marks positions without loss (padding, `no_loss` prompts).
                 When `decoder_input_ids` is not given it is derived from the labels.
-            num_items_in_batch (`int`, *optional*):
-                Number of scored tokens over all accumulated micro-batches (passed by `Trainer`): the loss is then
-                a sum divided by it, so gradient accumulation weighs every token equally.
+            kwargs (`TransformersKwargs`):
+                `num_items_in_batch` (passed by `Trainer`): number of scored tokens over all accumulated
+                micro-batches; the loss is then a sum divided by it, so gradient accumulation weighs every token
+                equally. `output_router_logits`: return the routers' logits (`topk` models; defaults to
+                `config.output_router_logits`). `output_attentions`, `output_hidden_states` as usual.
             Others: see `OFAModel.forward`.
+
+        A `topk` model computes its router losses from the router logits of the real (routed) positions whenever it
+        trains or `output_router_logits` is set (`encoder_aux_loss`, `decoder_aux_loss`, `encoder_z_loss`,
+        `decoder_z_loss`, and their weighted sum `aux_loss`); in training with labels, `aux_loss` is added to `loss`.
         """
+        _check_kwargs(kwargs, type(self).__name__)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        return_router_logits = kwargs.pop("output_router_logits", None)
+        if return_router_logits is None:
+            return_router_logits = self.config.output_router_logits
+        routed = self.config.moe_type == "topk" and (self.training or return_router_logits)
         if labels is not None:
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -1286,37 +1528,61 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
             code_masks=code_masks,
             decoder_modality_ids=decoder_modality_ids,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_router_logits=routed,
+            **kwargs,
         )
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
-        # Load-balancing losses of learned routers (already weighted by config.moe_aux_loss_weight).
-        aux_loss = sum_aux_losses(self) if self.config.moe_type == "topk" else None
+        router = {}
+        if routed:
+            router = self.router_losses(outputs.encoder_router_logits, outputs.decoder_router_logits)
+        aux_loss = router.get("aux_loss")
         loss = None
         if labels is not None:
             loss = self.loss(logits, labels, num_items_in_batch)
             if aux_loss is not None and self.training:
-                if num_items_in_batch is not None:
-                    # Accumulated micro-batches: weigh the router loss by this micro-batch's share of the scored
-                    # tokens, as the token loss is, so a step adds it once rather than once per micro-batch.
-                    aux_loss = aux_loss * labels.ne(-100).sum() / num_items_in_batch
-                loss = loss + aux_loss
+                loss = loss + micro_batch_share(aux_loss, labels, num_items_in_batch)
         return OFASeq2SeqLMOutput(
             loss=loss,
-            aux_loss=aux_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
+            encoder_router_logits=outputs.encoder_router_logits if return_router_logits else None,
+            decoder_router_logits=outputs.decoder_router_logits if return_router_logits else None,
+            **router,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
+
+    def router_losses(
+        self,
+        encoder_router_logits: tuple[torch.Tensor, ...] | None,
+        decoder_router_logits: tuple[torch.Tensor, ...] | None,
+    ) -> dict[str, torch.Tensor]:
+        """Load-balancing and z-losses of the encoder's and the decoder's routers, and their weighted sum.
+
+        Each stack's losses pool the routed positions of all its expert layers (`moe.router_losses`), as
+        transformers' MoE models do; padding never reaches a router, so it is never counted.
+        """
+        out, total = {}, None
+        for side, logits in (("encoder", encoder_router_logits), ("decoder", decoder_router_logits)):
+            if not logits:
+                continue
+            balance, z_loss = router_losses(torch.cat(logits), self.config.moe_top_k)
+            out[f"{side}_aux_loss"], out[f"{side}_z_loss"] = balance, z_loss
+            weighted = self.config.router_aux_loss_coef * balance
+            if self.config.router_z_loss_coef > 0:
+                weighted = weighted + self.config.router_z_loss_coef * z_loss
+            total = weighted if total is None else total + weighted
+        if total is not None:
+            out["aux_loss"] = total
+        return out
 
     def loss(
         self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None

@@ -49,8 +49,10 @@ __all__ = [
     "MoEStats",
     "ModalityMoE",
     "TopKMoE",
+    "TopKRouter",
     "collect_moe_stats",
     "dense_to_moe_state_dict",
+    "router_losses",
     "select_moe_layers",
     "sum_aux_losses",
     "upcycle_dense_ffn",
@@ -217,8 +219,8 @@ class ModalityMoE(MoEFeedForward):
     """One feed-forward expert per modality group; token (b, t) goes to `experts[expert_ids[b, t]]`.
 
     Routing is hard and has no learned part, so there is no auxiliary loss (`last_aux_loss` stays `None`). Padded
-    positions may carry any valid id: they are computed like real tokens (the block stays a per-token function, so
-    upcycling parity holds everywhere) and `token_mask` only keeps them out of the statistics.
+    positions (`token_mask` False) may carry any valid id: they are not routed, their output is zero, and they are
+    not counted in the statistics. Without `token_mask` every position is a real token.
 
     Args:
         num_experts (`int`): Number of experts (modality groups).
@@ -238,7 +240,7 @@ class ModalityMoE(MoEFeedForward):
         Args:
             hidden_states (`torch.Tensor`): `(B, T, D)` (any `(..., D)` works).
             expert_ids (`torch.Tensor`): `(B, T)` integer expert of every token, in `[0, num_experts)`.
-            token_mask (`torch.Tensor`, *optional*): `(B, T)` bool, True for real tokens; statistics only.
+            token_mask (`torch.Tensor`, *optional*): `(B, T)` bool, True for real tokens; padding is not routed.
 
         Returns:
             `torch.Tensor` of the shape of `hidden_states`.
@@ -254,37 +256,74 @@ class ModalityMoE(MoEFeedForward):
         num = self.num_experts
         x = hidden_states.reshape(-1, hidden_states.shape[-1])  # (N, D)
         ids = expert_ids.reshape(-1).long()  # (N,)
+        real = token_mask.reshape(-1) if token_mask is not None else torch.ones_like(ids, dtype=torch.bool)
 
-        # Shift ids by one so that every negative id lands in bin 0 and any id >= num makes the histogram longer:
-        # a single host transfer then yields the group sizes and validates the ids.
-        counts_ext = torch.bincount((ids + 1).clamp(min=0), minlength=num + 1)  # (num + 1,) or longer
-        sizes_ext = counts_ext.tolist()
-        if sizes_ext[0] > 0 or len(sizes_ext) > num + 1:
+        # One histogram over (id + 1, real) pairs gives, in a single host transfer, the group sizes of real tokens,
+        # the padding count, and the validity of the ids: negative ids land in the first two bins, ids >= num make the
+        # histogram longer.
+        pairs = torch.bincount((ids + 1).clamp(min=0) * 2 + real.long(), minlength=2 * (num + 1))
+        bins = pairs.tolist()
+        if bins[0] + bins[1] > 0 or len(bins) > 2 * (num + 1):
             raise ValueError(
                 f"ModalityMoE: expert_ids must lie in [0, {num}); got values from {int(ids.min())} to {int(ids.max())}"
             )
-        sizes = sizes_ext[1:]
-        counts = counts_ext[1:]
-        if token_mask is not None:
-            counts = torch.bincount(ids, weights=token_mask.reshape(-1).double(), minlength=num).long()
-        self.last_stats = MoEStats(expert_counts=counts.detach())
+        sizes = bins[3::2]  # real tokens per expert
+        padded = sum(bins[2::2])
+        self.last_stats = MoEStats(expert_counts=pairs[3::2].detach())
         self.last_aux_loss = None
 
         used = [e for e, size in enumerate(sizes) if size > 0]
-        if not used:  # no tokens at all
+        if not used:  # no real tokens at all
             return hidden_states.new_zeros(hidden_states.shape)
-        if len(used) == 1:  # a single-modality batch needs no permutation
+        if len(used) == 1 and padded == 0:  # a single-modality batch without padding needs no permutation
             return self.experts[used[0]](hidden_states)
 
-        order = torch.argsort(ids, stable=True)  # (N,) grouped by expert, original order inside a group
-        grouped = self._run_experts(x.index_select(0, order), sizes)  # (N, D) in sorted order
-        out = torch.empty_like(grouped).index_copy(0, order, grouped)  # back to token order
+        # Padding is not routed: it sorts after every expert's group and its output stays zero (the layer's residual
+        # carries it).
+        order = torch.argsort(ids.masked_fill(~real, num), stable=True)  # (N,) grouped by expert, token order inside
+        routed = order[: sum(sizes)]
+        grouped = self._run_experts(x.index_select(0, routed), sizes)  # (R, D) in sorted order
+        out = grouped.new_zeros(x.shape).index_copy(0, routed, grouped)  # back to token order
         return out.reshape(hidden_states.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Top-k MoE
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def router_losses(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Switch-style load-balancing loss and ST-MoE router z-loss of routed tokens.
+
+    Args:
+        router_logits (`torch.Tensor`): `(R, E)` router logits of the R routed (real) tokens, from one layer or
+            several layers concatenated.
+        top_k (`int`): Experts per token.
+
+    Returns:
+        `(balance_loss, z_loss)`: `balance_loss = E * sum_e f_e * P_e`, `f_e` the fraction of the top-k assignments
+        (before any capacity cut) sent to expert e and `P_e` its mean router probability (1 for uniform routing,
+        `E / top_k` when routing collapses onto `top_k` experts); `z_loss = mean(logsumexp(logits) ** 2)`.
+    """
+    logits = router_logits.float()
+    num_tokens, num_experts = logits.shape
+    probs = logits.softmax(dim=-1)  # (R, E)
+    chosen = probs.topk(top_k, dim=-1).indices.reshape(-1)  # (R * k,)
+    fraction = torch.bincount(chosen, minlength=num_experts).float() / max(num_tokens * top_k, 1)  # (E,), no grad
+    balance = num_experts * (fraction * probs.mean(dim=0)).sum()
+    z_loss = torch.logsumexp(logits, dim=-1).square().mean()
+    return balance, z_loss
+
+
+class TopKRouter(nn.Linear):
+    """The learned router of `TopKMoE`: a bias-free linear map from a token to one logit per expert.
+
+    A module of its own so that the model can record its output (`output_router_logits`), as transformers' MoE models
+    record their routers'; its parameter keeps the key `router.weight`. It only ever sees routed (real) tokens.
+    """
+
+    def __init__(self, d_model: int, num_experts: int) -> None:
+        super().__init__(d_model, num_experts, bias=False)
 
 
 class TopKMoE(MoEFeedForward):
@@ -373,7 +412,7 @@ class TopKMoE(MoEFeedForward):
         self.router_jitter = router_jitter
         self.balance_loss_coef = balance_loss_coef
         self.z_loss_coef = z_loss_coef
-        self.router = nn.Linear(d_model, num_experts, bias=False)
+        self.router = TopKRouter(d_model, num_experts)
 
     def capacity(self, num_tokens: int) -> int | None:
         """Assignments each expert may take for `num_tokens` real tokens in the current mode; `None` if unlimited."""
@@ -455,9 +494,7 @@ class TopKMoE(MoEFeedForward):
             out = out.new_zeros(token_mask.numel(), x.shape[-1]).index_copy(0, real, out)  # (N, D)
         out = out.reshape(hidden_states.shape)
 
-        fraction = counts.float() / (k * num_real)  # (E,) f_e, no gradient
-        balance_loss = num * (fraction * probs.mean(dim=0)).sum()
-        z_loss = torch.logsumexp(logits, dim=-1).square().mean()
+        balance_loss, z_loss = router_losses(logits, k)
         aux_loss = self.balance_loss_coef * balance_loss
         if self.z_loss_coef > 0:
             aux_loss = aux_loss + self.z_loss_coef * z_loss

@@ -10,7 +10,7 @@ An exported model is a folder of graphs plus `onnx_manifest.json`:
   decoder's projection of the encoder positions (`cross_position_keys`), which later steps reuse.
 * `decoder_with_past.onnx`, every later call: new tokens against the caches; returns logits and the grown cache.
 
-The graphs wrap the model's own modules (`OFAForConditionalGeneration.forward` with an `EncoderDecoderCache` built
+The graphs wrap the model's own modules (`OFAForConditionalGeneration.forward` with an `OFACache` built
 from explicit tensors), so they compute what `generate()` computes. Batch size, text length, image size, number of
 video frames, audio and motion lengths, encoder length, past and new decoder lengths are dynamic axes.
 
@@ -59,10 +59,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache
 
 from .configuration_ofa import MODALITIES, OFAConfig
-from .modeling_ofa import OFAEncoderLayer, OFAEncoderOutput, OFAForConditionalGeneration
+from .modeling_ofa import (
+    CACHE_NAME,
+    OFACache,
+    OFADecoderLayer,
+    OFAEncoderLayer,
+    OFAEncoderOutput,
+    OFAForConditionalGeneration,
+)
 from .moe import ModalityMoE, TopKMoE
 
 __all__ = [
@@ -202,10 +209,14 @@ class _AllExpertsMoE(nn.Module):
         super().__init__()
         self.experts = moe.experts
 
-    def forward(self, hidden_states: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, expert_ids: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         out = torch.zeros_like(hidden_states)
         for index, expert in enumerate(self.experts):
             out = torch.where((expert_ids == index)[..., None], expert(hidden_states), out)
+        if token_mask is not None:  # padding is not routed: zero, as in ModalityMoE
+            out = out * token_mask[..., None].to(out.dtype)
         return out
 
 
@@ -242,7 +253,7 @@ def _exportable(model: OFAForConditionalGeneration) -> Iterator[OFAForConditiona
       text-only generations fail in onnxruntime, where PyTorch (which skips the code path without code samples)
       works. Code samples beyond `code_position_limit` are refused by `OnnxOFA` as PyTorch refuses them.
     """
-    layers = [m for m in model.modules() if isinstance(m, OFAEncoderLayer)]  # decoder layers subclass it
+    layers = [m for m in model.modules() if isinstance(m, (OFAEncoderLayer, OFADecoderLayer))]
     if any(isinstance(layer.moe, TopKMoE) for layer in layers):
         raise ValueError("moe_type='topk' cannot be exported to ONNX")
     swapped = [(layer, layer.moe) for layer in layers if isinstance(layer.moe, ModalityMoE)]
@@ -331,14 +342,11 @@ class OFAOnnxDecoder(nn.Module):
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         inputs = dict(zip(self.input_names, tensors))
         if self.with_past:
-            cache = EncoderDecoderCache(
-                DynamicCache(self._pairs(inputs, "past")), DynamicCache(self._pairs(inputs, "cross"))
-            )
-            encoder_outputs = OFAEncoderOutput(
-                padding_mask=inputs["encoder_padding_mask"], cross_position_keys=inputs["cross_position_keys"]
-            )
+            cache = OFACache(DynamicCache(self._pairs(inputs, "past")), DynamicCache(self._pairs(inputs, "cross")))
+            cache.cross_position_keys = inputs["cross_position_keys"]
+            encoder_outputs = OFAEncoderOutput(padding_mask=inputs["encoder_padding_mask"])
         else:
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            cache = OFACache(DynamicCache(), DynamicCache())
             encoder_outputs = OFAEncoderOutput(
                 last_hidden_state=inputs["encoder_hidden_states"],
                 padding_mask=inputs["encoder_padding_mask"],
@@ -347,16 +355,16 @@ class OFAOnnxDecoder(nn.Module):
         out = self.model(
             decoder_input_ids=inputs["decoder_input_ids"],
             encoder_outputs=encoder_outputs,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             code_masks=inputs.get("code_masks"),
             decoder_modality_ids=inputs.get("decoder_modality_ids"),
         )
-        present = [t for layer in out.past_key_values.self_attention_cache.layers for t in (layer.keys, layer.values)]
+        present = [t for layer in cache.self_attention_cache.layers for t in (layer.keys, layer.values)]
         if self.with_past:
             return (out.logits, *present)
-        cross = [t for layer in out.past_key_values.cross_attention_cache.layers for t in (layer.keys, layer.values)]
-        return (out.logits, encoder_outputs.cross_position_keys, *present, *cross)
+        cross = [t for layer in cache.cross_attention_cache.layers for t in (layer.keys, layer.values)]
+        return (out.logits, cache.cross_position_keys, *present, *cross)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -989,10 +997,8 @@ def validate_onnx(
         diffs, cache, state = [], None, None
         for end in range(prefix, torch_ids.shape[1]):
             step_ids = torch_ids[:, :end] if cache is None else torch_ids[:, end - 1 : end]
-            out = model(
-                encoder_outputs=torch_enc, decoder_input_ids=step_ids, past_key_values=cache, use_cache=True, **extras
-            )
-            cache = out.past_key_values
+            out = model(encoder_outputs=torch_enc, decoder_input_ids=step_ids, cache=cache, use_cache=True, **extras)
+            cache = getattr(out, CACHE_NAME)
             logits, state = runner.decode(step_ids, onnx_enc, state, **extras)
             diffs.append(float(np.abs(out.logits.numpy() - logits).max()))
     return OnnxValidation(

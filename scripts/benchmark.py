@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import transformers  # noqa: E402
 from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig  # noqa: E402
 
-from modeling_ofa import OFAConfig, OFAForConditionalGeneration  # noqa: E402
+from modeling_ofa import CACHE_NAME, OFAConfig, OFAForConditionalGeneration  # noqa: E402
 
 __all__ = [
     "BENCHMARKS",
@@ -532,14 +532,14 @@ def decode_step_times(
                 encoder_outputs=encoder_outputs,
                 attention_mask=attention_mask,
                 decoder_input_ids=tokens,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
             tokens = out.logits[:, -1:].argmax(dim=-1)  # greedy choice, part of a real step
             times.append(time.perf_counter() - start)
             if cpu_seconds is not None:
                 cpu_seconds.append(time.process_time() - cpu_start)
-            cache = out.past_key_values
+            cache = getattr(out, CACHE_NAME)
     return times
 
 

@@ -34,6 +34,31 @@ def tiny_config_kwargs(**overrides) -> dict:
     return kwargs
 
 
+def perturb_weights(model, seed: int | None = None):
+    """Move a random model's weights away from their trivial initial values (relative tables at zero, unit head
+    scales and LayerNorms, small linear maps), so that every path of the graph matters and greedy outputs vary:
+    a freshly initialized OFA repeats one token forever, and a test on it cannot tell a broken cache from a working
+    one. The ResNet stem keeps its calibrated scale. With `seed`, the noise is drawn from that seed; without, from
+    the current random state."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "embed_images" in name:
+                continue
+            if "rel_pos_table" in name or name.endswith("c_attn"):
+                param.add_(torch.randn_like(param) * 0.5)
+            elif param.dim() == 2 and "embed" not in name:
+                param.normal_(0.0, 2.0 * param.shape[1] ** -0.5)  # a gain of 2 keeps greedy outputs from repeating
+            elif param.dim() == 2:
+                param.normal_(0.0, 0.1)
+            else:
+                param.add_(torch.randn_like(param) * 0.2)
+    return model
+
+
 @pytest.fixture
 def tiny_config():
     from modeling_ofa import OFAConfig

@@ -36,7 +36,7 @@ def build(**overrides) -> OFAForConditionalGeneration:
 def batch(with_image: bool = True) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     input_ids = torch.cat([torch.full((2, 1), BOS), torch.randint(4, 100, (2, 7), generator=g)], dim=1)
-    input_ids[1, -2:] = PAD  # padding keys must stay masked in the bias each layer builds
+    input_ids[1, -2:] = PAD  # padding keys must stay masked in every layer
     labels = torch.randint(4, 100, (2, 5), generator=g)
     labels[1, -2:] = -100
     inputs = {"input_ids": input_ids, "attention_mask": input_ids.ne(PAD).long(), "labels": labels}
@@ -103,18 +103,19 @@ def test_encoder_layers_share_one_absolute_bias_and_build_their_own():
     seen = []
 
     def record(module, args, kwargs):
-        seen.append((args[1], kwargs.get("bias_builder")))
+        seen.append((args[2], kwargs.get("bias_builder"), args[1]))
 
     for layer in model.model.encoder.layers:
         layer.register_forward_pre_hook(record, with_kwargs=True)
     train_step(model, batch())
     assert len(seen) == len(model.model.encoder.layers)
     # Every layer gets the same (B, H, N, N) tensor; it is what checkpointing keeps, once for all layers.
-    assert len({bias.data_ptr() for bias, _ in seen}) == 1 and seen[0][0].shape == (2, 4, 16 + 8, 16 + 8)
-    # The builders differ by layer (each adds its own relative tables) and mask padding keys.
-    built = [builder(bias) for bias, builder in seen]
+    assert len({bias.data_ptr() for bias, _, _ in seen}) == 1 and seen[0][0].shape == (2, 4, 16 + 8, 16 + 8)
+    # The builders differ by layer (each adds its own relative tables); the additive mask hides padding keys.
+    built = [builder(bias) for bias, builder, _ in seen]
     assert not torch.equal(built[0], built[1])
-    assert (built[0][1, :, :, -2:] == torch.finfo(built[0].dtype).min).all()
+    mask = seen[0][2]
+    assert (mask[1, :, :, -2:] == torch.finfo(mask.dtype).min).all() and (mask[0] == 0).all()
 
 
 def test_stem_blocks_are_recomputed_only_when_enabled():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import tiny_config_kwargs
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from modeling_ofa import PRESETS, OFAConfig, OFAForConditionalGeneration, OFAModel
+from modeling_ofa import CACHE_NAME, PRESETS, OFAConfig, OFAForConditionalGeneration, OFAModel
 from modeling_ofa.modeling_ofa import (
     image_grid_position_ids,
     make_image_bucket_positions,
@@ -198,11 +198,11 @@ def test_cached_decoding_matches_full_forward(codes):
             out = model(
                 encoder_outputs=encoder_outputs,
                 decoder_input_ids=decoder_ids[:, t : t + 1],
-                past_key_values=past,
+                cache=past,
                 use_cache=True,
                 **extra,
             )
-            past = out.past_key_values
+            past = getattr(out, CACHE_NAME)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
@@ -233,11 +233,11 @@ def test_cropped_cache_reuses_stored_position_keys():
         full = model(**inputs, decoder_input_ids=decoder_ids).logits
         encoder_outputs = model.get_encoder()(**inputs)
         cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=decoder_ids[:, :4], use_cache=True)
-        cache = cache.past_key_values
+        cache = getattr(cache, CACHE_NAME)
         cache.crop(-2)  # back to 2 positions; the keys of 4 positions are stored
         rows.clear()
         again = model(
-            encoder_outputs=encoder_outputs, decoder_input_ids=decoder_ids[:, 2:], past_key_values=cache, use_cache=True
+            encoder_outputs=encoder_outputs, decoder_input_ids=decoder_ids[:, 2:], cache=cache, use_cache=True
         ).logits
     assert rows == [1]  # only position 4 was never projected
     torch.testing.assert_close(again, full[:, 2:], atol=1e-5, rtol=1e-5)

@@ -131,15 +131,22 @@ def test_modality_gradients_reach_only_used_experts():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-def test_modality_token_mask_only_affects_statistics():
+def test_modality_token_mask_keeps_padding_out():
     moe = ModalityMoE(3, D, F).eval()
     ids = torch.tensor([[0, 1, 2, 2], [1, 1, 0, 0]])
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
     x = tagged_input(2, 4)
-    torch.testing.assert_close(moe(x, ids, token_mask=mask), moe(x, ids), rtol=0, atol=0)
-    assert moe.last_stats.expert_counts.tolist() == [3, 3, 2]  # last call had no mask
-    moe(x, ids, token_mask=mask)
+    seen = []
+    hooks = [expert.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0])) for expert in moe.experts]
+    masked = moe(x, ids, token_mask=mask)
+    for hook in hooks:
+        hook.remove()
+    assert sum(seen) == int(mask.sum())  # padding reaches no expert
     assert moe.last_stats.expert_counts.tolist() == [1, 3, 1]
+    full = moe(x, ids)
+    assert moe.last_stats.expert_counts.tolist() == [3, 3, 2]  # this call had no mask
+    torch.testing.assert_close(masked[mask], full[mask], rtol=0, atol=1e-6)  # real tokens: the same outputs
+    assert (masked[~mask] == 0).all() and (full[~mask] != 0).any()
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from conftest import tiny_config_kwargs
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-from modeling_ofa import OFAConfig, OFAForConditionalGeneration
+from modeling_ofa import OFAConfig, OFAForConditionalGeneration, TopKRouter
 from modeling_ofa.onnx import sample_encoder_inputs
 from modeling_ofa.quantization import (
     greedy_agreement,
@@ -129,7 +129,7 @@ def test_topk_router_stays_float():
     topk = build(moe_type="topk", moe_num_experts=2)
     quantized = quantize_dynamic_int8(topk)
     routers = [name for name, module in quantized.named_modules() if name.endswith("moe.router")]
-    assert routers and all(type(quantized.get_submodule(name)) is nn.Linear for name in routers)
+    assert routers and all(type(quantized.get_submodule(name)) is TopKRouter for name in routers)
     assert isinstance(quantized.model.encoder.layers[0].moe.experts[0].fc1, DynamicQuantizedLinear)
     inputs = sample_encoder_inputs(topk.config, "text", batch_size=2, text_length=6)
     with torch.no_grad():

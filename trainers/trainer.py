@@ -71,7 +71,7 @@ from transformers.trainer_utils import (
     speed_metrics,
 )
 
-from modeling_ofa import collect_moe_stats
+from modeling_ofa import collect_moe_stats, micro_batch_share
 from processing import ExampleError, OFAProcessor
 
 from .data import INFO_KEY, TASK_KEY, MicroBatchInfo, MultiTaskDataset, column_names, is_streaming, iter_rows
@@ -397,6 +397,11 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         info = self._current
         labels = inputs.get("labels")
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        aux_loss = outputs.get("aux_loss") if isinstance(outputs, Mapping) else None
+        if aux_loss is not None and labels is not None and "labels" not in inputs and model.training:
+            # `Trainer` took the labels off to compute the token loss itself (`label_smoothing_factor`,
+            # `compute_loss_func`), so the model's loss, which includes the router loss, was not used: add it here.
+            loss = loss + micro_batch_share(aux_loss, labels, num_items_in_batch)
         if info is not None and labels is not None:
             if not bool(torch.isfinite(loss.detach()).all()):
                 shown = list(info.example_indices[:8]) + (["..."] if len(info.example_indices) > 8 else [])
