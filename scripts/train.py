@@ -5,14 +5,15 @@
     accelerate launch --config_file configs/accelerate/ddp_cpu.yaml scripts/train.py my_config.yaml
     torchrun --nproc_per_node 2 scripts/train.py my_config.yaml
 
-The config format is documented in `trainers/recipe.py`. `--set section.key=value` overrides any field.
+The config format is documented in `trainers/recipe.py`. `--set section.key=value` overrides any field; the config is
+checked after the overrides (an unknown key or a value of the wrong type stops the run before it starts).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from trainers.recipe import load_config, run
+from trainers.recipe import ConfigError, load_config, run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,10 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = parser.parse_args(argv)
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-    results = run(load_config(args.config, overrides))
-    failed = [r.task for r in results if not r.beats_chance]
-    if failed:
-        print(f"tasks not above chance: {failed}")
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as error:
+        parser.error(str(error))  # exit status 2, before any data, model or process group is set up
+    run(config)
 
 
 if __name__ == "__main__":

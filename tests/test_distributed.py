@@ -65,8 +65,20 @@ class Recording(MultiTaskTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
+if config.get("kill_in_save") is not None:
+    # A crash in the middle of writing checkpoint N: the process dies before the optimizer state is written.
+    real_save = torch.save
+
+    def dying_save(obj, path, *args, **kwargs):
+        if f"checkpoint-{config['kill_in_save']}" in str(path):
+            os.kill(os.getpid(), 9)
+        return real_save(obj, path, *args, **kwargs)
+
+    torch.save = dying_save
+
+dropout = config.get("dropout", 0.0)
 torch.manual_seed(0)
-model = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(tokenizer))))
+model = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(tokenizer), dropout=dropout)))
 args = Seq2SeqTrainingArguments(
     config["output_dir"], max_steps=config["max_steps"], save_steps=config["save_steps"], per_device_train_batch_size=2,
     gradient_accumulation_steps=2, learning_rate=3e-3, logging_steps=2, report_to=[], disable_tqdm=True, use_cpu=True,
@@ -82,7 +94,7 @@ if config.get("resume_from"):
     # A second trainer in the same processes resumes from a checkpoint of the first run, as a new job would.
     config["log"] += ".resumed"
     torch.manual_seed(1)
-    fresh = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(tokenizer))))
+    fresh = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(tokenizer), dropout=dropout)))
     resumed = Recording(model=fresh, args=args, tasks=tasks, processor=processor)
     resumed.train(resume_from_checkpoint=config["resume_from"])
     result["resumed_weights"] = [float(p.detach().double().sum()) for p in resumed.model.parameters()]
@@ -178,9 +190,10 @@ def test_two_cpu_ranks_share_the_schedule_and_split_the_data(tmp_path):
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    # Dropout on (OFAConfig's default 0.1): every step draws from the torch RNG, which must resume exactly too.
     python = [sys.executable]
-    reference, reference_log = start(tmp_path, "reference", python, max_steps=6, save_steps=3)
-    victim, victim_log = start(tmp_path, "victim", python, max_steps=6, save_steps=3, slow_from=3)
+    reference, reference_log = start(tmp_path, "reference", python, max_steps=6, save_steps=3, dropout=0.1)
+    victim, victim_log = start(tmp_path, "victim", python, max_steps=6, save_steps=3, slow_from=3, dropout=0.1)
     checkpoint = tmp_path / "victim" / "out" / "checkpoint-3"
     deadline = time.time() + 240
     while victim.poll() is None and time.time() < deadline:
@@ -194,7 +207,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert not Path(f"{victim_log}.result.0").exists()  # it died mid-training
 
     config = {"max_steps": 6, "save_steps": 3, "resume": True, "output_dir": str(tmp_path / "victim" / "out")}
-    resumed, resumed_log = start(tmp_path, "resumed", python, **config)
+    resumed, resumed_log = start(tmp_path, "resumed", python, dropout=0.1, **config)
     finish(resumed)
     finish(reference)
     expected, result = read_result(reference_log), read_result(resumed_log)
@@ -205,6 +218,28 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert result["weights"] == expected["weights"]  # and ends where the uninterrupted run ends
     assert result["metrics"]["eval_loss"] == expected["metrics"]["eval_loss"]
     assert result["predictions"] == expected["predictions"]
+
+
+def test_run_killed_while_saving_resumes_from_the_previous_complete_checkpoint(tmp_path):
+    python = [sys.executable]
+    reference, reference_log = start(tmp_path, "reference", python, max_steps=4, save_steps=2, dropout=0.1)
+    victim, victim_log = start(tmp_path, "victim", python, max_steps=4, save_steps=2, dropout=0.1, kill_in_save=4)
+    victim.wait(timeout=240)
+    victim.stdout_file.close()
+    assert victim.returncode == -signal.SIGKILL, Path(victim.stdout_file.name).read_text()[-3000:]
+    out = tmp_path / "victim" / "out"
+    assert not (out / "checkpoint-4" / "trainer_state.json").exists()  # it died before the Trainer state
+    assert (out / "checkpoint-4" / "model.safetensors").exists()  # ... but after the weights
+
+    config = {"max_steps": 4, "save_steps": 2, "resume": True, "output_dir": str(out), "dropout": 0.1}
+    resumed, resumed_log = start(tmp_path, "resumed", python, **config)
+    finish(resumed)
+    finish(reference)
+    assert "skipping incomplete checkpoint" in Path(resumed.stdout_file.name).read_text()
+    assert read_log(resumed_log) == [e for e in read_log(reference_log) if e[0] >= 2]
+    expected, result = read_result(reference_log), read_result(resumed_log)
+    assert result["weights"] == expected["weights"]
+    assert result["metrics"]["eval_loss"] == expected["metrics"]["eval_loss"]
 
 
 def test_shipped_accelerate_configs_parse():
