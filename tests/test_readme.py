@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,16 +32,20 @@ def test_no_placeholders_left():
 
 
 @pytest.fixture(scope="module")
-def namespace(demo_output):
-    """One namespace for all snippets (the README reads top to bottom), run where `outputs/demo` exists."""
-    folder = demo_output[0]
-    previous = os.getcwd()
-    os.chdir(folder.parents[1])
-    yield {"__name__": "readme"}
-    os.chdir(previous)
+def workdir(demo_output, tmp_path_factory) -> Path:
+    """A fresh folder holding `outputs/demo` (a shortened demo run), where a reader runs the snippets."""
+    folder = tmp_path_factory.mktemp("reader")
+    (folder / "outputs").mkdir()
+    (folder / "outputs" / "demo").symlink_to(demo_output[0], target_is_directory=True)
+    return folder
 
 
 @pytest.mark.parametrize("index", range(len(fenced("python"))))
-def test_python_snippet_runs(index, namespace):
+def test_python_snippet_runs_alone(index, workdir):
+    """Each snippet, exactly as written, in a fresh interpreter: a reader pastes one block, not the whole page."""
     code = fenced("python")[index]
-    exec(compile(code, f"README.md python block {index}", "exec"), namespace)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"README.md python block {index} failed alone:\n{code}\n{done.stderr[-3000:]}"
