@@ -65,17 +65,18 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
+    EvalPrediction,
     PredictionOutput,
     TrainOutput,
     rotate_checkpoints,
     speed_metrics,
 )
 
-from modeling_ofa import collect_moe_stats, micro_batch_share
+from modeling_ofa import TaskAdapters, collect_moe_stats, micro_batch_share
 from processing import ExampleError, OFAProcessor
 
 from .data import INFO_KEY, TASK_KEY, MicroBatchInfo, MultiTaskDataset, column_names, is_streaming, iter_rows
-from .metrics import compute_metrics
+from .metrics import compute_metrics, score_metric_function
 from .sampling import STRATEGIES
 from .task import Task
 
@@ -199,7 +200,8 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             pushed) with the model, together with every task's instruction and closed set.
         sampling (`str`, *optional*):
             One of `STRATEGIES`. Default: `"explicit"` when some task has a weight other than 1, else
-            `"proportional"`. Task weights are only used by `"explicit"`.
+            `"proportional"`, or `"uniform"` (logged) when a training task streams (its size is unknown). Task weights
+            are only used by `"explicit"`.
         temperature (`float`, defaults to 1.0):
             For `sampling="temperature"`.
         mode (`str`, *optional*):
@@ -207,6 +209,13 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             micro-batch draws its task); fixed for `all_tasks`.
         moe_logging (`str`, defaults to `"summary"`):
             Router statistics in the training logs: `"none"`, `"summary"` (means over blocks) or `"all"` (every block).
+        task_adapters (`modeling_ofa.TaskAdapters`, *optional*):
+            One LoRA adapter per task on the model (`model=task_adapters.model`, every task with an adapter): each
+            micro-batch activates its task's adapter before the forward pass, so each task trains its own adapter and
+            the others do not move; evaluation and `predict` of a task run through its adapter.
+        compute_metrics (`Callable[[EvalPrediction], dict[str, float]]`, *optional*):
+            As for `Trainer`, called once per task with `EvalPrediction(predictions, label_ids)`: the task's answer
+            values (texts, labels, boxes) and references; its scores are logged as `eval_<task>_<name>`.
         processing_class, model_init, compute_loss_func, callbacks, optimizers:
             As for `Trainer` (`processing_class` is an alias of `processor`).
     """
@@ -222,9 +231,11 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         temperature: float = 1.0,
         mode: str | None = None,
         moe_logging: str = "summary",
+        task_adapters: TaskAdapters | None = None,
         processing_class: OFAProcessor | None = None,
         model_init: Callable[..., PreTrainedModel] | None = None,
         compute_loss_func: Callable[..., torch.Tensor] | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict[str, float]] | None = None,
         callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None,
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None] = (None, None),
     ) -> None:
@@ -235,9 +246,28 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             raise TypeError(f"MultiTaskTrainer needs an OFAProcessor as `processor`, got {type(processor).__name__}")
         self.tasks = self._check_tasks(tasks)
         self.processor = processor
+        if task_adapters is not None:
+            missing = [task.name for task in self.tasks if task.name not in task_adapters]
+            if missing:
+                raise ValueError(f"tasks {missing} have no adapter in task_adapters (tasks: {task_adapters.tasks})")
+            if model is not task_adapters.model:
+                raise ValueError("with task_adapters, train the adapters' model: pass model=task_adapters.model")
+        self.task_adapters = task_adapters
         self.train_tasks = [task for task in self.tasks if task.train_dataset is not None]
         if sampling is None:
-            sampling = "explicit" if any(task.weight != 1.0 for task in self.tasks) else "proportional"
+            streaming = [task.name for task in self.train_tasks if task.num_train_examples is None]
+            if any(task.weight != 1.0 for task in self.tasks):
+                sampling = "explicit"
+            elif streaming:
+                # A stream has no size, which "proportional" needs: every task gets an equal share instead.
+                sampling = "uniform"
+                warnings.warn(
+                    f"sampling='uniform' (equal shares): tasks {streaming} stream, so their sizes (what the default "
+                    "'proportional' needs) are unknown; set Task weights with sampling='explicit' to choose the shares",
+                    stacklevel=2,
+                )
+            else:
+                sampling = "proportional"
         if sampling not in STRATEGIES:
             raise ValueError(f"Unknown sampling strategy {sampling!r}; known strategies: {', '.join(STRATEGIES)}")
         if sampling != "explicit":
@@ -266,6 +296,7 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             processing_class=processor,
             model_init=model_init,
             compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
             callbacks=callbacks,
             optimizers=optimizers,
         )
@@ -274,6 +305,11 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             processor.task_instructions[task.name] = task.instruction
             if task.closed_set:
                 processor.closed_sets[task.name] = task.candidates()
+            # ... and the generate() settings it is evaluated with (the pipeline and predict.py reuse them); only
+            # values a JSON config can hold (a logits processor in generation_kwargs stays with the Task).
+            kwargs = task.generate_kwargs(self._generation_base())
+            scalars = {key: value for key, value in kwargs.items() if isinstance(value, (bool, int, float, str))}
+            processor.generation_defaults[task.name] = scalars
 
         self._resume_state: dict[str, Any] | None = None  # schedule state of the checkpoint being resumed
         self._consumed_state: dict[str, Any] | None = None  # schedule state after the last trained micro-batch
@@ -375,6 +411,8 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         inputs = dict(inputs)
         inputs.pop(TASK_KEY, None)
         info = inputs.pop(INFO_KEY, None)
+        if info is not None and self.task_adapters is not None:
+            self.task_adapters.activate(info.task)  # the micro-batch trains its own task's adapter, and only that one
         if info is not None:
             self._consumed_state = info.state
             if self._train_data is not None:
@@ -644,6 +682,14 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         if task.metrics and predictions:
             for name, value in compute_metrics(task.metrics, predictions, references).items():
                 out[f"{prefix}_{name}"] = value
+        if predictions:  # the task's own metric functions, then the trainer's compute_metrics (as Trainer's)
+            for name, metric in task.metric_functions.items():
+                for key, value in score_metric_function(name, metric, predictions, references).items():
+                    out[f"{prefix}_{key}"] = value
+            if self.compute_metrics is not None:
+                scores = self.compute_metrics(EvalPrediction(predictions=predictions, label_ids=references))
+                for key, value in scores.items():
+                    out[f"{prefix}_{key}"] = float(value)
         if run.skipped:
             out[f"{prefix}_skipped"] = float(run.skipped)
         return out
@@ -748,6 +794,8 @@ class MultiTaskTrainer(Seq2SeqTrainer):
     def _run_task(self, task: Task, dataset: Any, gen_kwargs: Mapping[str, Any]) -> _TaskRun:
         """Generate for `dataset` on every rank and gather the answers, references and loss sums in dataset order."""
         args, model = self.args, self.model
+        if self.task_adapters is not None:
+            self.task_adapters.activate(task.name)
         was_training = model.training
         model.eval()
         try:
