@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import random
 import re
 import unicodedata
@@ -232,15 +233,49 @@ def _display_width_prefix(text: str) -> str:
     return "".join(out)
 
 
+# Everything `str.splitlines` breaks on: a terminal may start a new line (or return to its start) at any of them.
+_LINE_BREAK_RE = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# Control, format, separator and surrogate characters move the cursor, print nothing, or cannot be printed.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_EXCERPT_CHARS = 100  # a longer line is shown as a window around the caret
+
+
+def _shown(text: str) -> str:
+    """`text` as the excerpt prints it: invisible or cursor-moving characters escaped (tabs kept), the rest as is."""
+    return "".join(
+        ascii(ch)[1:-1] if ch != "\t" and unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch for ch in text
+    )
+
+
 def _caret_excerpt(text: str, position: int) -> str:
-    """The line of `text` holding `position`, indented, with a `^` under that character."""
-    line_start = text.rfind("\n", 0, position) + 1
-    line_end = text.find("\n", position)
-    if line_end == -1:
-        line_end = len(text)
-    line = text[line_start:line_end]
-    where = f" (line {text.count(chr(10), 0, position) + 1})" if "\n" in text else ""
-    return f"    {line}{where}\n    {_display_width_prefix(line[: position - line_start])}^"
+    """The line of `text` holding `position`, indented, with a `^` under that character.
+
+    Lines end at every line break `str.splitlines` knows (`\\r`, `\\u2028`, ...), so the caret line always follows
+    the quoted line directly; characters that a terminal would not print as themselves are escaped, and a long line
+    is cut to a window around the caret.
+    """
+    line_start, line_end, on_break = 0, len(text), None
+    line_number = 1
+    for match in _LINE_BREAK_RE.finditer(text):
+        if match.end() <= position:
+            line_start, line_number = match.end(), line_number + 1
+        elif match.start() <= position:
+            line_end, on_break = match.start(), match  # the caret is on the line break itself
+            break
+        else:
+            line_end = match.start()
+            break
+    lo, hi = line_start, line_end
+    if hi - lo > _EXCERPT_CHARS:
+        lo = max(line_start, min(position - _EXCERPT_CHARS // 2, line_end - _EXCERPT_CHARS))
+        hi = min(line_end, lo + _EXCERPT_CHARS)
+    before = ("..." if lo > line_start else "") + _shown(text[lo : min(position, hi)])
+    line = before + _shown(text[min(position, hi) : hi]) + ("..." if hi < line_end else "")
+    if on_break is not None:
+        line += _shown(on_break.group())
+        before += _shown(text[on_break.start() : position])
+    where = f" (line {line_number})" if _LINE_BREAK_RE.search(text) else ""
+    return f"    {line}{where}\n    {_display_width_prefix(before)}^"
 
 
 class InstructionError(ValueError):
@@ -676,17 +711,23 @@ class TaskPlan:
         instruction = data["instruction"]
         if not isinstance(instruction, str):
             raise ValueError(f"plan 'instruction' must be a string, got {type(instruction).__name__}")
+        if not isinstance(data["templates"], list):
+            raise ValueError(f"plan 'templates' must be a list, got {type(data['templates']).__name__}")
         templates = []
-        for raw in data["templates"]:
-            _expect_keys(raw, {"text", "span", "encoder", "decoder"}, "template")
-            templates.append(
-                Template(
-                    text=raw["text"],
-                    span=_span_from(raw["span"]),
-                    encoder=tuple(_element_from_dict(e) for e in raw["encoder"]),
-                    decoder=tuple(_element_from_dict(e) for e in raw["decoder"]),
+        try:
+            for raw in data["templates"]:
+                _expect_keys(raw, {"text", "span", "encoder", "decoder"}, "template")
+                templates.append(
+                    Template(
+                        text=raw["text"],
+                        span=_span_from(raw["span"]),
+                        encoder=tuple(_element_from_dict(e) for e in raw["encoder"]),
+                        decoder=tuple(_element_from_dict(e) for e in raw["decoder"]),
+                    )
                 )
-            )
+        except (TypeError, AttributeError, KeyError) as error:
+            # Tampered values of the wrong type (a number where a list or a mapping belongs): the promised ValueError.
+            raise ValueError(f"malformed serialized TaskPlan: {type(error).__name__}: {error}") from None
         plan = cls(instruction=instruction, templates=tuple(templates))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -839,18 +880,32 @@ _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ESCAPABLE = frozenset("\\[]()*|->")
 _SLOT_CLOSERS = frozenset(":,]")
 _BOS_EOS_RE = re.compile(r"<[BE]OS>")
+_MAX_INT_DIGITS = 18  # far beyond any valid attribute value, far below Python's int-conversion limit
+_ESCAPE = r"\\[\\\[\]()*|\->]"
+_SEPARATOR_RE = re.compile(_ESCAPE + r"|\|+")  # an escape, or a run of '|'
+_ARROW_RE = re.compile(_ESCAPE + r"|->")  # an escape, or an arrow
+_SPECIAL_RE = re.compile(r"[\\\[\]()]")  # where a literal run ends in `lex`
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lit:
-    """One literal character (after escape resolution) and where it came from."""
+    """A run of literal text and where it came from: verbatim source text, or one escaped character.
+
+    Literal runs are lexed in one piece (not character by character), so parsing stays linear and fast in the length
+    of the instruction. For a verbatim run `text == instruction[start:end]`; an escape is two source characters.
+    """
 
     start: int
     end: int
-    char: str
+    text: str
+    verbatim: bool = True
+
+    def source_span(self, offset: int) -> tuple[int, int]:
+        """Where the character at `offset` in `text` is in the instruction (two characters for an escape)."""
+        return (self.start + offset, self.start + offset + 1) if self.verbatim else (self.start, self.end)
 
 
-@dataclass
+@dataclass(slots=True)
 class _RawSlot:
     """A slot as lexed, before it gets its position and spacing."""
 
@@ -861,7 +916,7 @@ class _RawSlot:
     attr_positions: dict[str, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Paren:
     """A `(` or a `)`/`)*` outside slots; `star_end` is set for a group closer `)*`."""
 
@@ -894,21 +949,16 @@ class _Parser:
         """Spans of the `|||`-separated templates, stripped of surrounding whitespace."""
         s = self.text
         bounds: list[tuple[int, int, int]] = []  # (start, end, position to blame if empty)
-        start, i = 0, 0
-        while i < len(s):
-            if s[i] == "\\" and i + 1 < len(s) and s[i + 1] in _ESCAPABLE:
-                i += 2
-                continue
-            if s[i] == "|":
-                run = len(s) - i - len(s[i:].lstrip("|"))
-                if run > 3:
-                    raise self.error(i, f"a run of {run} '|'; alternative templates are separated by exactly '|||'")
-                if run == 3:
-                    bounds.append((start, i, i))
-                    start = i + 3
-                i += run
-                continue
-            i += 1
+        start = 0
+        for match in _SEPARATOR_RE.finditer(s):
+            if match.group()[0] != "|":
+                continue  # an escape
+            i, run = match.start(), len(match.group())
+            if run > 3:
+                raise self.error(i, f"a run of {run} '|'; alternative templates are separated by exactly '|||'")
+            if run == 3:
+                bounds.append((start, i, i))
+                start = i + 3
         bounds.append((start, len(s), max(start - 3, 0)))
         spans = []
         for lo, hi, blame in bounds:
@@ -924,16 +974,11 @@ class _Parser:
     def find_arrow(self, lo: int, hi: int) -> int:
         s = self.text
         arrows = []
-        i = lo
-        while i < hi:
-            if s[i] == "\\" and i + 1 < hi and s[i + 1] in _ESCAPABLE:
-                i += 2
-                continue
-            if s.startswith("->", i) and i + 1 < hi:
-                arrows.append(i)
-                i += 2
-                continue
-            i += 1
+        for match in _ARROW_RE.finditer(s, lo, hi):
+            if match.group() == "->":
+                arrows.append(match.start())
+                if len(arrows) > 1:
+                    break
         if not arrows:
             raise self.error(lo, "no '->' separating the input (encoder) from the output (decoder)")
         if len(arrows) > 1:
@@ -976,7 +1021,7 @@ class _Parser:
         while i < hi:
             ch = s[i]
             if ch == "\\" and i + 1 < hi and s[i + 1] in _ESCAPABLE:
-                tokens.append(_Lit(i, i + 2, s[i + 1]))
+                tokens.append(_Lit(i, i + 2, s[i + 1], verbatim=False))
                 i += 2
             elif ch == "[":
                 raw = self.lex_slot(i, hi, is_source=is_source)
@@ -1016,8 +1061,11 @@ class _Parser:
                     tokens.append(_Paren(")", i))
                     i += 1
             else:
-                tokens.append(_Lit(i, i + 1, ch))
-                i += 1
+                # A run up to the next character with a meaning (a lone backslash is literal: one character).
+                special = _SPECIAL_RE.search(s, i + 1, hi)
+                end = special.start() if special else hi
+                tokens.append(_Lit(i, end, s[i:end]))
+                i = end
         if brackets:
             raise self.error(brackets[-1], "unbalanced '[' (write '\\[' for a literal bracket)")
         return tokens
@@ -1120,20 +1168,26 @@ class _Parser:
         if value_text is None:
             raise self.error(name_pos, f"{name!r} needs a value, e.g. '{name}=<{spec.type.__name__}>'")
         value: AttrValue
+        shown = value_text if len(value_text) <= 40 else value_text[:37] + "..."
         if spec.type is int:
             if not _INT_RE.fullmatch(value_text):
-                raise self.error(value_pos, f"{name!r} expects an integer, got {value_text!r}")
+                raise self.error(value_pos, f"{name!r} expects an integer, got {shown!r}")
+            if len(value_text.lstrip("+-").lstrip("0")) > _MAX_INT_DIGITS:
+                # Python refuses to convert very long digit strings (a bare ValueError without the caret).
+                raise self.error(value_pos, f"{name}={shown} is out of range; valid: {spec.range_text()}")
             value = int(value_text)
         elif spec.type is float:
             if not _FLOAT_RE.fullmatch(value_text):
-                raise self.error(value_pos, f"{name!r} expects a number, got {value_text!r}")
+                raise self.error(value_pos, f"{name!r} expects a number, got {shown!r}")
             value = float(value_text)
+            if not math.isfinite(value):
+                raise self.error(value_pos, f"{name}={shown} is out of range; valid: {spec.range_text()}")
         else:
             if not _IDENT_RE.fullmatch(value_text):
                 raise self.error(value_pos, f"{name!r} expects a name ([A-Za-z_][A-Za-z0-9_]*), got {value_text!r}")
             value = value_text
         if isinstance(value, (int, float)) and not self.in_range(spec, value):
-            raise self.error(value_pos, f"{name}={value_text} is out of range; valid: {spec.range_text()}")
+            raise self.error(value_pos, f"{name}={shown} is out of range; valid: {spec.range_text()}")
         return value
 
     @staticmethod
@@ -1160,10 +1214,13 @@ class _Parser:
                 if not stack:
                     raise self.error(token.start, "')*' closes a repeat group, but no '(' opens it")
                 groups[stack.pop()] = index
-        for open_index, close_index in groups.items():
-            for other in groups:
-                if open_index < other < close_index:
-                    raise self.error(tokens[other].start, "repeat groups '( ... )*' cannot be nested")
+        # Groups pair like brackets, so two of them are nested or disjoint: one pass in order of their openers finds
+        # the first group that opens inside another (an all-pairs check is quadratic in the number of groups).
+        enclosing_close = -1
+        for open_index in sorted(groups):
+            if open_index < enclosing_close:
+                raise self.error(tokens[open_index].start, "repeat groups '( ... )*' cannot be nested")
+            enclosing_close = max(enclosing_close, groups[open_index])
         return groups
 
     def build(
@@ -1180,19 +1237,25 @@ class _Parser:
         def emit(slot: Slot) -> None:
             (inner if inner is not None else elements).append(slot)
 
+        def source_span(offset: int) -> tuple[int, int]:
+            """Where character `offset` of the joined literal run `chars` is in the instruction."""
+            for piece in chars:
+                if offset < len(piece.text):
+                    return piece.source_span(offset)
+                offset -= len(piece.text)
+            raise AssertionError("offset beyond the literal run")
+
         def flush() -> None:
             nonlocal pending_space
             if not chars:
                 return
-            lo, hi = 0, len(chars)
-            while lo < hi and chars[lo].char.isspace():
-                lo += 1
-            while hi > lo and chars[hi - 1].char.isspace():
-                hi -= 1
-            if lo == hi:
+            joined = "".join(piece.text for piece in chars)
+            text = joined.strip()  # str.strip and str.isspace agree on what whitespace is
+            if not text:
                 pending_space = True
             else:
-                text = "".join(c.char for c in chars[lo:hi])
+                lo = len(joined) - len(joined.lstrip())
+                hi = lo + len(text)
                 if _BOS_EOS_RE.search(text):
                     self.warnings.append(
                         f"{text!r} contains <BOS>/<EOS>: kept as literal text (BOS/EOS are added automatically)"
@@ -1204,12 +1267,12 @@ class _Parser:
                         text=text,
                         attrs=(),
                         is_source=is_source,
-                        span=(chars[lo].start, chars[hi - 1].end),
+                        span=(source_span(lo)[0], source_span(hi - 1)[1]),
                         space_before=pending_space or lo > 0,
                     )
                 )
                 self.position += 1
-                pending_space = hi < len(chars)
+                pending_space = hi < len(joined)
             chars.clear()
 
         for index, token in enumerate(tokens):

@@ -533,6 +533,83 @@ def test_from_dict_rejects_tampering():
         TaskPlan.from_dict(data)
 
 
+@pytest.mark.parametrize(
+    ("instruction", "position"),
+    [
+        ("()*" * 33333 + " -> [TEXT:a]", 0),  # 100k characters of empty groups: 31 s before (an all-pairs check)
+        (" ".join(["( [BOX:b] [TEXT:l] )*"] * 4000) + " -> [TEXT:a]", None),  # 4,000 valid groups: 1.8 s before
+        ("a || " * 20000 + " -> [TEXT:a]", None),  # each '|' copied the rest of the string
+        ("x" * 100_000 + " -> [TEXT:a]", None),
+        (" ||| ".join(["[TEXT:a] -> [TEXT:b]"] * 4000), None),
+        ("( [TEXT:a] " * 20000 + "-> [TEXT:b]", None),
+        ("( " * 20000 + "[TEXT:a] )* )*" + " -> [TEXT:b]", 2 * 19999),  # nested: the innermost opener is named
+    ],
+    ids=["empty-groups", "valid-groups", "pipes", "literal", "alternatives", "open-parens", "nested"],
+)
+def test_parsing_is_linear_in_the_instruction_length(instruction, position):
+    # No timing assertion: a quadratic step makes these take seconds to minutes, which is what a regression shows.
+    if position is None:
+        assert parse_instruction(instruction).templates
+    else:
+        with pytest.raises(InstructionError) as info:
+            parse_instruction(instruction)
+        assert info.value.position == position
+
+
+@pytest.mark.parametrize(
+    ("attribute", "match"),
+    [
+        ("max_length=" + "9" * 4301, r"max_length=9{37}\.\.\. is out of range"),  # Python's int() limit is 4,300 digits
+        ("max_length=-" + "9" * 30, r"is out of range"),
+        ("mask_ratio=1e999", r"mask_ratio=1e999 is out of range"),
+        ("mask_ratio=" + "9" * 400, r"is out of range"),
+    ],
+)
+def test_huge_numbers_are_instruction_errors(attribute, match):
+    instruction = f"[TEXT:a,{attribute}] -> [TEXT:b]"
+    with pytest.raises(InstructionError, match=match) as info:
+        parse_instruction(instruction)
+    assert info.value.position == instruction.index("=") + 1
+
+
+@pytest.mark.parametrize("line_break", ["\r", "\r\n", "\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1e"])
+def test_caret_follows_every_kind_of_line_break(line_break):
+    with pytest.raises(InstructionError) as info:
+        parse_instruction(f"[IMAGE:img]{line_break}[TXT:x] -> [TEXT:y]")
+    excerpt = str(info.value).split("\n")[-2:]
+    assert excerpt == ["    [TXT:x] -> [TEXT:y] (line 2)", "     ^"]
+
+
+def test_caret_escapes_invisible_characters_and_windows_long_lines():
+    with pytest.raises(InstructionError) as info:
+        parse_instruction("a\x1b\u200b [TXT:x] -> [TEXT:y]")
+    assert str(info.value).split("\n")[-2:] == ["    a\\x1b\\u200b [TXT:x] -> [TEXT:y]", "    " + " " * 13 + "^"]
+    instruction = "x" * 5000 + " [TXT:x] -> [TEXT:y] " + "y" * 5000
+    with pytest.raises(InstructionError) as info:
+        parse_instruction(instruction)
+    quote, caret = str(info.value).split("\n")[-2:]
+    assert len(quote) < 120 and quote.startswith("    ...") and quote.endswith("...")
+    assert quote[len(caret) - 1] == "T" and instruction[info.value.position] == "T"
+
+
+def test_from_dict_rejects_values_of_the_wrong_type():
+    plan = parse_instruction("[IMAGE:img] what? -> [TEXT:cap]")
+    for path, value in [
+        (("templates",), 5),
+        (("templates", 0, "decoder"), 3),
+        (("templates", 0, "decoder", 0, "attrs"), 7),
+        (("templates", 0, "encoder", 0), "slot"),
+        (("templates", 0, "span"), "0-5"),
+    ]:
+        data = plan.to_dict()
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        with pytest.raises(ValueError):
+            TaskPlan.from_dict(data)
+
+
 def test_parsing_is_fast():
     instruction = TASKS[6][1] + " ||| " + TASKS[5][1]
     start = time.perf_counter()
@@ -572,6 +649,11 @@ _PIECES = st.sampled_from(
         "\t",
         "说",
         "<BOS>",
+        "\r",
+        "\u2028",
+        "\x00",
+        "max_length=" + "9" * 40,
+        "mask_ratio=1e400",
         "[TEXT:t]",
         "[IMAGE:i]",
         "( [BOX:b] [TEXT:l] )*",
@@ -586,7 +668,11 @@ def _check_outcome(instruction: str) -> None:
             plan = parse_instruction(instruction)
     except InstructionError as error:
         assert 0 <= error.position <= len(instruction)
-        assert "^" in str(error)
+        # The message ends with exactly two lines, the quoted line and the caret under the offending character.
+        *_, quote, caret = str(error).split("\n")
+        assert len(f"{quote}\n{caret}".splitlines()) == 2 and caret.strip() == "^"
+        if instruction.isascii() and instruction.isprintable() and error.position < len(instruction):
+            assert quote[len(caret) - 1] == instruction[error.position]
         return
     assert isinstance(plan, TaskPlan) and plan.templates
     with warnings.catch_warnings():
