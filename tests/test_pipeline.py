@@ -175,3 +175,22 @@ def test_task_adapters_switch_by_task_name(folder):
         pipe({"sentence": "a red circle"}, instruction="sst2")
     with pytest.raises(ValueError, match="must be the pipeline's model"):
         pipeline(PIPELINE_TASK, model=model, processor=processor, task_adapters=adapters)
+
+
+def test_standard_image_text_to_text_pipeline_answers_as_the_task(folder, pipe):
+    """`pipeline("image-text-to-text")` (the card's pipeline_tag) with a task's prompt encodes exactly what the task
+    encodes, so it answers as `ofa-instruction` does for that task."""
+    standard = pipeline("image-text-to-text", model=str(folder))
+    prompt = "what does the image describe?"
+    for color in ("red", "blue"):
+        (out,) = standard(images=image(color), text=prompt, max_new_tokens=6, return_full_text=False)
+        expected = pipe({"img": image(color)}, instruction="caption", num_beams=1)["text"]
+        assert out == {"input_text": prompt, "generated_text": expected}
+    batch = standard(images=[image("red"), image("blue")], text=[prompt, prompt], max_new_tokens=6)
+    assert [r["generated_text"] for r in batch] == [
+        prompt + pipe({"img": image(c)}, instruction="caption")["text"] for c in ("red", "blue")
+    ]  # full text: prompt + answer
+    (alone,) = standard(text='is the sentiment of text " good " positive or negative?', max_new_tokens=4)
+    assert isinstance(alone["generated_text"], str)
+    with pytest.raises(ValueError, match="one image per prompt"):
+        standard.processor(images=[image("red")] * 2, text=prompt)
