@@ -238,13 +238,20 @@ def test_save_needs_a_standalone_model(parts, tmp_path):
 def test_validation_lists_every_problem(folder, tmp_path):
     broken = shutil.copytree(folder, tmp_path / "broken")
     (broken / "generation_config.json").unlink()
+    (broken / "moe.py").unlink()  # code the model's auto_map needs
     readme = (broken / "README.md").read_text()
     readme = readme.replace("library_name: transformers\n", "").replace("### `grounding`", "### grounding")
     (broken / "README.md").write_text(readme.replace('model_id = "ofa-hf/ofa-tiny-demo"', "model_id = None"))
     with pytest.raises(ValueError) as info:
         validate_hub_folder(broken)
     message = str(info.value)
-    for problem in ("missing generation_config.json", "no library_name", "task 'grounding'", "model_id exactly once"):
+    for problem in (
+        "missing generation_config.json",
+        "no library_name",
+        "task 'grounding'",
+        "model_id exactly once",
+        "config.json: its auto_map needs moe.py",
+    ):
         assert problem in message
 
 

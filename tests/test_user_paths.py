@@ -236,6 +236,26 @@ def test_folder_loads_where_the_package_is_not_installed(run_folder, expected_lo
     assert processor_module.endswith(".processing_ofa") and image_processor == "OFAImageProcessor"
 
 
+def test_standard_pipeline_where_the_package_is_not_installed(run_folder, python_without_package, tmp_path):
+    out = check(
+        run_python(
+            f"""
+            from PIL import Image
+            from transformers import pipeline
+            pipe = pipeline("image-text-to-text", model={str(run_folder)!r}, trust_remote_code=True)
+            image = Image.new("RGB", (40, 30), "red")
+            (answer,) = pipe(images=image, text="what does the image describe?", max_new_tokens=4)
+            print(type(pipe.model).__module__, answer["input_text"])
+            """,
+            cwd=tmp_path,
+            env={"HF_MODULES_CACHE": str(tmp_path / "modules")},
+            python=python_without_package,
+        )
+    )
+    module, prompt = out.strip().splitlines()[-1].split(" ", 1)
+    assert module.startswith("transformers_modules.") and prompt == "what does the image describe?"
+
+
 def test_without_package_or_trust_remote_code_loading_refuses_loudly(run_folder, python_without_package, tmp_path):
     """Never a bare tokenizer: transformers refuses the folder's code and says how to allow it."""
     out = check(

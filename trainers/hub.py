@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from transformers.dynamic_module_utils import get_relative_imports
 
 from modeling_ofa import OFAConfig, OFAPreTrainedModel
 from processing.instruction import RepeatGroup, Slot, Template, parse_instruction
@@ -714,6 +715,7 @@ def save_hub_folder(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
+    _add_auto_map_entries(out_dir / "config.json")
     processor.save_pretrained(out_dir)
     card = build_model_card(
         all_tasks,
@@ -730,6 +732,23 @@ def save_hub_folder(
     card.save(out_dir / "README.md")
     validate_hub_folder(out_dir)
     return out_dir
+
+
+# Auto classes a published folder's saved code also serves (`save_pretrained` names one per class): the base model, and
+# the model `pipeline("image-text-to-text", trust_remote_code=True)` loads where the package is not installed.
+_EXTRA_AUTO_MAP = {
+    "AutoModel": "modeling_ofa.OFAModel",
+    "AutoModelForImageTextToText": "modeling_ofa.OFAForConditionalGeneration",
+}
+
+
+def _add_auto_map_entries(config_file: Path) -> None:
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    auto_map = config.get("auto_map")
+    if not auto_map or not (config_file.parent / "modeling_ofa.py").is_file():
+        return  # a model without saved code (not registered for auto classes): nothing to point at
+    config["auto_map"] = {**_EXTRA_AUTO_MAP, **auto_map}
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _count_parameters(folder: Path) -> int | None:
@@ -787,6 +806,22 @@ def write_model_card(
     return folder / "README.md"
 
 
+def _auto_map_modules(config: Any) -> set[str]:
+    """Local module names of every `auto_map` in a (nested) config: `"module.Class"` -> `"module"`; code in another
+    repo (`"repo--module.Class"`) is not the folder's."""
+    modules: set[str] = set()
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            if key == "auto_map" and isinstance(value, Mapping):
+                for reference in value.values():
+                    for item in reference if isinstance(reference, (list, tuple)) else [reference]:
+                        if isinstance(item, str) and "--" not in item:
+                            modules.add(item.rsplit(".", 1)[0])
+            else:
+                modules |= _auto_map_modules(value)
+    return modules
+
+
 def validate_hub_folder(folder: str | os.PathLike) -> dict[str, Any]:
     """Check a Hub folder offline: required files, card metadata, `model-index`, tasks and usage snippets.
 
@@ -816,6 +851,19 @@ def validate_hub_folder(folder: str | os.PathLike) -> dict[str, Any]:
         problems.append(f"pipeline_tag {metadata['pipeline_tag']!r} is not one of {sorted(HUB_PIPELINE_TAGS)}")
     if "ofa" not in (metadata.get("tags") or []):
         problems.append("card metadata tags lack 'ofa'")
+    for name in ("config.json", "processor_config.json"):  # the code an auto_map names is part of the repo
+        if (folder / name).is_file():
+            pending = sorted(_auto_map_modules(json.loads((folder / name).read_text(encoding="utf-8"))))
+            seen: set[str] = set()
+            while pending:  # each named module and the modules it imports relatively
+                module = pending.pop()
+                if module in seen:
+                    continue
+                seen.add(module)
+                if not (folder / f"{module}.py").is_file():
+                    problems.append(f"{name}: its auto_map needs {module}.py, which the folder lacks")
+                    continue
+                pending += get_relative_imports(str(folder / f"{module}.py"))
 
     tasks: dict[str, str] = {}
     processor_config = folder / "processor_config.json"
