@@ -554,7 +554,9 @@ def export_onnx(
             wrapper = OFAOnnxDecoder(model, with_past, with_code_masks).eval()
             args = _sample_decoder_inputs(model, wrapper, encoder_out, new_length=2)
             manifest[key] = _export_graph(wrapper, args, out / f"{key}.onnx", opset)
-    config.save_pretrained(out)
+    # The config alone: the graphs are the model here, so the Python code `save_pretrained` copies beside a config
+    # registered for the Auto classes does not belong in an ONNX folder.
+    config.to_json_file(out / "config.json")
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
