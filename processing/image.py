@@ -30,14 +30,36 @@ def _context(where: str | None) -> str:
     return f" ({where})" if where else ""
 
 
+# Pixel modes that `convert("RGB")` clips to 0..255 (16/32-bit integers, 32-bit floats): almost every pixel would
+# become white or black. There is no one right scaling for them (a depth map, a scan, a mask), so they are refused.
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _to_rgb(image: PIL.Image.Image, name: str, where: str | None, *, copy: bool = False) -> PIL.Image.Image:
+    """`image` in RGB (a new image when `copy`, e.g. of a file about to be closed), or an error for wide modes."""
+    if image.mode in _WIDE_MODES:
+        raise ValueError(
+            f"Image{name} has PIL mode {image.mode!r} (16/32-bit or float pixels){_context(where)}, which converting "
+            "to RGB would clip to white or black; scale it to 8 bits first (mode 'L' or 'RGB')"
+        )
+    return image if image.mode == "RGB" and not copy else image.convert("RGB")
+
+
 def _open_and_decode(source: str | io.BytesIO, name: str, where: str | None) -> PIL.Image.Image:
+    if isinstance(source, io.BytesIO) and not source.getbuffer().nbytes:
+        raise ValueError(f"Cannot read image {name}{_context(where)}: the image bytes are empty")
     try:
         with PIL.Image.open(source) as opened:
             # load() forces the full decode now, so a truncated file fails here and not deep inside a collator.
             opened.load()
-            return opened.convert("RGB")
+            return _to_rgb(opened, f" {name}", where, copy=True)
     except FileNotFoundError as err:
         raise ValueError(f"Image file {name} does not exist{_context(where)}.") from err
+    except PIL.UnidentifiedImageError as err:
+        # Pillow's message names the stream object (`<_io.BytesIO object at 0x...>`), which tells the user nothing.
+        start = source.getvalue()[:8] if isinstance(source, io.BytesIO) else None
+        what = f" (it starts with {start!r})" if start is not None else ""
+        raise ValueError(f"Cannot read image {name}{_context(where)}: not an image format Pillow knows{what}") from err
     except _DECODE_ERRORS as err:
         raise ValueError(f"Cannot read image {name}{_context(where)}: {err}") from err
 
@@ -103,9 +125,9 @@ def load_image(
         try:
             # Images opened lazily (e.g. by `datasets`) decode here; a truncated file must fail with context.
             image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
         except _DECODE_ERRORS as err:
             raise ValueError(f"Cannot decode PIL image{name}{_context(where)}: {err}") from err
+        return _to_rgb(image, name, where)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):

@@ -18,6 +18,7 @@ target, `labels` is -100 per prefix token + target + `</s>`.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -67,6 +68,51 @@ def _where(task: str | None, row_index: int | None, column: str | None) -> str:
     parts = [f"task {task!r}" if task else None, f"row {row_index}" if row_index is not None else None]
     parts.append(f"column {column!r}" if column else None)
     return ", ".join(p for p in parts if p) or "input"
+
+
+def _located(where: str, message: str) -> str:
+    """`where: message`, naming the location once: preprocessors told `where` quote it themselves (in front, or as
+    ` (where)` after their subject), and that copy is dropped."""
+    if message.startswith(f"{where}: "):
+        message = message[len(where) + 2 :]
+    message = message.replace(f" ({where})", "").replace(f"({where}, ", "(").replace(f"{where}, ", "")
+    return f"{where}: {message}"
+
+
+def _as_text(value: Any, modality: str) -> str:
+    """The text of a TEXT-like slot value, by the one conversion rule: a string as is, an int or a finite float (a
+    CATEGORY label may be a number; numpy scalars included) as `str(value)`. Anything else would become the text of
+    its Python repr (a list, a dict, bytes, a bool, NaN), so it is an error."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    if isinstance(value, bool):
+        raise ValueError(f"{modality} expects a string, got the bool {value}; write the label as text")
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    if isinstance(value, float):
+        raise ValueError(f"{modality} expects a string, got {value} (a missing value?)")
+    hint = "; join the items or pick one" if isinstance(value, (list, tuple)) else ""
+    hint = "; decode it first, e.g. value.decode('utf-8')" if isinstance(value, (bytes, bytearray)) else hint
+    raise ValueError(f"{modality} expects a string, got a {type(value).__name__} ({shown}){hint}")
+
+
+def _as_codes(value: Any) -> list[int]:
+    """Image code ids: integers, or floats that are whole numbers (1.0); fractions, bools and strings are errors
+    rather than truncated."""
+    array = np.asarray(value)
+    numeric = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    if array.dtype == np.bool_ or not numeric:
+        raise ValueError(f"image codes must be integers, got an array of {array.dtype} ({value!r:.60})")
+    flat = array.reshape(-1)
+    if np.issubdtype(flat.dtype, np.floating):
+        bad = ~np.isfinite(flat) | (flat != np.round(flat))
+        if bad.any():
+            first = int(bad.argmax())
+            raise ValueError(f"image codes must be whole numbers, got {float(flat[first])} at index {first}")
+    return [int(c) for c in flat]
 
 
 class OFAProcessor(ProcessorMixin):
@@ -295,7 +341,7 @@ class OFAProcessor(ProcessorMixin):
         except ExampleError:
             raise
         except (ValueError, TypeError, KeyError, OSError) as err:
-            raise ExampleError(f"{_where(task, row_index, ctx.column)}: {err}") from err
+            raise ExampleError(_located(_where(task, row_index, ctx.column), str(err))) from err
         example["meta"]["template_index"] = template_index
         return example
 
@@ -514,6 +560,9 @@ class _Context:
             raise ValueError(f"only one {slot.modality} slot per instruction is supported")
         value = self.value(slot)
         if slot.modality == "IMAGE":
+            if isinstance(value, (list, tuple)):
+                # The image processor would read a list as a batch, and only its first image would be used.
+                raise ValueError(f"an IMAGE slot holds one image, got a {type(value).__name__} of {len(value)}")
             out = self.p.image_processor(value, where=self.where)
             example["pixel_values"] = out["pixel_values"][0]
             height, width = (int(v) for v in out["original_sizes"][0])
@@ -592,12 +641,12 @@ class _Context:
             )
             return [p.vocab.bin_id(b) for b in bins]
         if slot.modality == "IMAGE_CODE":
-            codes = [int(c) for c in np.asarray(value).reshape(-1)][: slot.attr("length")]
+            codes = _as_codes(value)[: slot.attr("length")]
             return [p.vocab.code_id(c) for c in codes]
         if slot.modality == "STRUCT":
             value = p.struct.linearize(value, uncased=bool(slot.attr("uncased", False)), where=self.where)
-        elif not isinstance(value, str):
-            value = str(value)  # CATEGORY labels may be ints
+        else:
+            value = _as_text(value, slot.modality)
         ids = p.text.encode(
             value,
             uncased=bool(slot.attr("uncased", False)),

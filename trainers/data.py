@@ -387,8 +387,13 @@ class MultiTaskDataset(torch.utils.data.IterableDataset):
         examples, skipped = [], 0
         for index, row in zip(micro.example_indices, rows):
             try:
+                task.check_training_row(row, index)
+                # Targets are required in training: a row without one is an error naming it here, not a collator
+                # failure ("cannot batch examples with targets together with examples without") batches later.
                 examples.append(
-                    self.processor.encode(task.plan, row, split="train", seed=seed, row_index=index, task=task.name)
+                    self.processor.encode(
+                        task.plan, row, split="train", seed=seed, row_index=index, task=task.name, with_targets=True
+                    )
                 )
             except ExampleError as error:
                 if task.on_error == "raise":

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from processing import RepeatGroup, Slot, TaskPlan, parse_instruction, undecoded_audio
+from processing import ExampleError, RepeatGroup, Slot, TaskPlan, parse_instruction, undecoded_audio
 
 from .data import check_dataset, column_names, dataset_size, is_streaming
 from .metrics import METRIC_ALIASES, METRICS, metric_function_name
@@ -325,6 +325,28 @@ class Task:
             # Sorted so that the set (and the processor config it is saved into) does not depend on row order.
             self._candidates = sorted(self._clean_candidates(values, f"the values of train column(s) {columns}"))
         return list(self._candidates)
+
+    def check_training_row(self, row: Mapping[str, Any], index: int) -> None:
+        """Raise an `ExampleError` (naming the task, row and column) for a training row the task must not train on.
+
+        Today: a `closed_set` answer outside the explicitly given `candidates`, which closed-set decoding could never
+        produce. (Missing or malformed values are found by `OFAProcessor.encode`.)
+        """
+        if self._candidates is None or not self.closed_set:
+            return
+        allowed = set(self._candidates)
+        for template in self.plan.templates:
+            target = template.target_slot
+            if not isinstance(target, Slot) or not target.closed_set or target.column not in row:
+                continue
+            value = row[target.column]
+            answer = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+            if answer is not None and answer not in allowed:
+                shown = ", ".join(repr(c) for c in self._candidates[:5]) + (", ..." if len(allowed) > 5 else "")
+                raise ExampleError(
+                    f"task {self.name!r}, row {index}, column {target.column!r}: the answer {answer!r} is not one of "
+                    f"the task's candidates ({shown}); closed-set decoding could never produce it"
+                )
 
     def generate_kwargs(
         self, base: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
