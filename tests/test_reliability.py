@@ -210,3 +210,29 @@ def test_any_value_in_any_slot_is_encoded_or_a_clear_error(processor, slot, valu
         # A value that encoded is a string or a number, tokenized as its str().
         assert isinstance(value, (str, int, float, np.generic)) and not isinstance(value, bool)
         assert not (isinstance(value, float) and not math.isfinite(value))
+
+
+def test_malformed_generated_boxes_are_counted(processor, tmp_path):
+    from conftest import tiny_config_kwargs
+    from transformers import LogitsProcessor, Seq2SeqTrainingArguments
+
+    from modeling_ofa import OFAConfig, OFAForConditionalGeneration
+    from trainers import MultiTaskTrainer
+
+    class TextNotBins(LogitsProcessor):
+        """Forces a text token where the box's bins belong, so no answer is four <bin_i> tokens."""
+
+        def __call__(self, input_ids, scores):
+            forced = torch.full_like(scores, -float("inf"))
+            forced[:, processor.tokenizer.convert_tokens_to_ids("Ġred")] = 0.0
+            return forced
+
+    rows = [{"img": Image.new("RGB", (20, 10), "red"), "phrase": "red", "box": "0,0,20,10"}] * 3
+    grounding = Task("ground", '[IMAGE:img] which region " [TEXT:phrase] "? -> [BOX:box]', None, rows)
+    torch.manual_seed(0)
+    model = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(processor.tokenizer))))
+    args = Seq2SeqTrainingArguments(str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = MultiTaskTrainer(model=model, args=args, tasks=[grounding], processor=processor)
+    output = trainer.predict("ground", logits_processor=[TextNotBins()], num_beams=1)
+    assert output.predictions == [{"box": None}] * 3
+    assert output.metrics["test_ground_iou_accuracy"] == 0.0 and output.metrics["test_ground_malformed_boxes"] == 3

@@ -56,6 +56,7 @@ __all__ = [
     "exact_match",
     "iou_accuracy",
     "macro_f1",
+    "malformed_boxes",
     "normalize_vqa_answer",
     "object_accuracy",
     "metric_function_name",
@@ -557,6 +558,15 @@ def compute_metrics(
             raise ValueError(f"{name}: the score is NaN; check the inputs")
         results[name] = score
     return results
+
+
+def malformed_boxes(answers: Sequence[Mapping[str, Any]]) -> int:
+    """How many generated answers of a BOX task hold no box (the generation was not four `<bin_i>` tokens).
+
+    They are scored as an empty box (IoU 0 with any reference); this count says how many there were, so a model that
+    emits malformed boxes is not mistaken for one that only places them badly.
+    """
+    return sum(1 for answer in answers if answer.get("box", ()) is None)
 
 
 def metric_function_name(metric: Any) -> str:

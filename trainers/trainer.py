@@ -76,7 +76,7 @@ from modeling_ofa import TaskAdapters, collect_moe_stats, micro_batch_share
 from processing import ExampleError, OFAProcessor
 
 from .data import INFO_KEY, TASK_KEY, MicroBatchInfo, MultiTaskDataset, column_names, is_streaming, iter_rows
-from .metrics import compute_metrics, score_metric_function
+from .metrics import compute_metrics, malformed_boxes, score_metric_function
 from .sampling import STRATEGIES
 from .task import Task
 
@@ -692,6 +692,8 @@ class MultiTaskTrainer(Seq2SeqTrainer):
                     out[f"{prefix}_{key}"] = float(value)
         if run.skipped:
             out[f"{prefix}_skipped"] = float(run.skipped)
+        if task.target_kind == "box":  # scored as empty boxes above; counted here, never silently
+            out[f"{prefix}_malformed_boxes"] = float(malformed_boxes(run.answers))
         return out
 
     def _generation_base(self) -> dict[str, Any]:
