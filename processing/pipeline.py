@@ -11,6 +11,11 @@ ofa([row1, row2, row3], instruction="vqa", batch_size=2, num_beams=3)
 ofa = pipeline("ofa-instruction", model=adapters.model, processor=processor, task_adapters=adapters)  # LoRA per task
 ```
 
+The standard `pipeline("image-text-to-text", model=...)` also runs OFA (it is registered with
+`AutoModelForImageTextToText`, and `OFAProcessor` takes `images=` and `text=`): a free prompt, with or without an
+image, to free text, as for any vision-language model. This pipeline is the one for OFA's own tasks: saved
+instructions, closed sets, boxes, objects and image codes.
+
 Inputs: a row (column name -> value, as in a dataset) or a list of rows, plus the instruction (an OFASys instruction
 or the name of a task in `processor.task_instructions`). Target columns in a row are ignored. The answer of each row is
 `OFAProcessor.post_process_generation`'s dict: `{"text"}`, `{"label", "in_set"}`, `{"box"}`, `{"objects"}` or

@@ -22,6 +22,7 @@ from trainers.hub import (
     build_model_card,
     build_usage_snippets,
     extract_usage_snippets,
+    hub_files,
     results_from_metrics,
     run_usage_snippets,
     save_hub_folder,
@@ -334,3 +335,28 @@ def test_cli_writes_a_card_for_a_training_output(folder, parts, hub_calls, tmp_p
     assert f"| parameters | {parts[0].num_parameters() / 1e6:.1f}M |" in card.text
     assert write_model_card(output, repo_id="me/run") == output / "README.md"
     assert hub_calls == []
+
+
+def test_hub_files_are_the_repo_never_training_state(folder, tmp_path):
+    run = shutil.copytree(folder, tmp_path / "run")
+    (run / ".cache").mkdir()
+    (run / ".cache" / "lock").write_text("")
+    (run / ".hidden.json").write_text("{}")
+    (run / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-1" / "config.json").write_text("{}")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json"):
+        (run / name).write_bytes(b"state")
+    for name in ("results.json", "results.md", "curves.png", "adapter_config.json", "merges.txt"):
+        (run / name).write_bytes(b"x")
+    files = hub_files(run)
+    assert files == sorted(files) and all("/" not in name and not name.startswith(".") for name in files)
+    assert {"results.json", "results.md", "curves.png", "adapter_config.json", "merges.txt"} <= set(files)
+    assert {"configuration_ofa.py", "modeling_ofa.py", "processing_ofa.py", "instruction.py"} <= set(files)
+    assert not {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json"} & set(files)
+
+
+def test_saved_code_imports_only_itself(folder):
+    """The processor's copy imports the model's configuration relatively (the package imports it by name)."""
+    assert "from .configuration_ofa import MODALITIES" in (folder / "instruction.py").read_text()
+    for path in folder.glob("*.py"):
+        assert "from modeling_ofa" not in path.read_text() and "from processing" not in path.read_text(), path.name

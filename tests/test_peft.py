@@ -234,3 +234,31 @@ def test_bad_arguments_are_errors(tmp_path):
         get_ofa_peft_model(make_model(), ofa_lora_config(), r=4)
     with pytest.raises(FileNotFoundError, match="TaskAdapters.save"):
         TaskAdapters.load(make_model(), tmp_path)
+
+
+def test_multitask_trainer_checks_its_task_adapters(tmp_path):
+    """Every task needs an adapter, and the trainer trains the adapters' own model."""
+    from transformers import Seq2SeqTrainingArguments
+
+    from processing import OFAImageProcessor, OFAProcessor, train_demo_tokenizer
+    from trainers import MultiTaskTrainer, Task
+
+    tokenizer = train_demo_tokenizer(["a red circle what does the image describe"] * 20, vocab_size=300, num_codes=16)
+    processor = OFAProcessor(OFAImageProcessor(size=32), tokenizer)
+    torch.manual_seed(0)
+    model = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(tokenizer))))
+    adapters = TaskAdapters(model, ["caption"], r=2)
+    rows = [{"img": torch.zeros(3, 8, 8).numpy().transpose(1, 2, 0), "cap": "a red circle", "q": "what"}] * 2
+    caption = Task("caption", "[IMAGE:img] what does the image describe? -> [TEXT:cap]", rows)
+    other = Task("other", "[TEXT:q] -> [TEXT:cap]", rows)
+    args = Seq2SeqTrainingArguments(str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=r"tasks \['other'\] have no adapter"):
+        MultiTaskTrainer(
+            model=adapters.model, args=args, tasks=[caption, other], processor=processor, task_adapters=adapters
+        )
+    with pytest.raises(ValueError, match="model=task_adapters.model"):
+        MultiTaskTrainer(model=model, args=args, tasks=[caption], processor=processor, task_adapters=adapters)
+    trainer = MultiTaskTrainer(
+        model=adapters.model, args=args, tasks=[caption], processor=processor, task_adapters=adapters
+    )
+    assert trainer.task_adapters is adapters
