@@ -1013,21 +1013,35 @@ class _Parser:
         return self.build(tokens, group_of, is_source=is_source)
 
     def lex(self, lo: int, hi: int, *, is_source: bool) -> list[_Lit | _RawSlot | _Paren]:
-        """Split a side into literal characters, slots and parentheses; check literal brackets balance."""
+        """Split a side into literal runs, slots and parentheses; check literal brackets balance.
+
+        Consecutive literal text, literal brackets included, is one `_Lit` (and so is a `)` that no `(` before it
+        could pair with), so the work per character stays small however the instruction is made.
+        """
         s = self.text
         tokens: list[_Lit | _RawSlot | _Paren] = []
         brackets: list[int] = []  # positions of open literal '['
+        open_parens = 0  # '(' tokens that a later ')' or ')*' may still pair with (as `match_groups` pairs them)
+        run_start = -1  # start of the verbatim literal run being collected, -1 when none
+
+        def end_run(position: int) -> None:
+            nonlocal run_start
+            if run_start >= 0:
+                tokens.append(_Lit(run_start, position, s[run_start:position]))
+                run_start = -1
+
         i = lo
         while i < hi:
             ch = s[i]
             if ch == "\\" and i + 1 < hi and s[i + 1] in _ESCAPABLE:
+                end_run(i)
                 tokens.append(_Lit(i, i + 2, s[i + 1], verbatim=False))
                 i += 2
             elif ch == "[":
                 raw = self.lex_slot(i, hi, is_source=is_source)
                 if raw is None:
                     brackets.append(i)
-                    tokens.append(_Lit(i, i + 1, ch))
+                    run_start = i if run_start < 0 else run_start
                     i += 1
                     continue
                 if brackets:
@@ -1039,33 +1053,43 @@ class _Parser:
                 end = raw.span[1]
                 if end < hi and s[end] == "*":
                     raise self.error(end, "'*' after a slot; to repeat slots write a group: '( [BOX] [TEXT] )*'")
+                end_run(i)
                 tokens.append(raw)
                 i = end
             elif ch == "]":
                 if not brackets:
                     raise self.error(i, "unbalanced ']' (write '\\]' for a literal bracket)")
                 brackets.pop()
-                tokens.append(_Lit(i, i + 1, ch))
+                run_start = i if run_start < 0 else run_start
                 i += 1
             elif ch == "(":
+                end_run(i)
                 tokens.append(_Paren("(", i))
+                open_parens += 1
                 i += 1
             elif ch == ")":
                 j = i + 1
                 while j < hi and s[j].isspace():
                     j += 1
                 if j < hi and s[j] == "*":
+                    end_run(i)
                     tokens.append(_Paren(")", i, star_end=j + 1))
+                    open_parens = max(open_parens - 1, 0)
                     i = j + 1
-                else:
+                elif open_parens:
+                    end_run(i)
                     tokens.append(_Paren(")", i))
+                    open_parens -= 1
+                    i += 1
+                else:  # nothing to close: literal text
+                    run_start = i if run_start < 0 else run_start
                     i += 1
             else:
                 # A run up to the next character with a meaning (a lone backslash is literal: one character).
                 special = _SPECIAL_RE.search(s, i + 1, hi)
-                end = special.start() if special else hi
-                tokens.append(_Lit(i, end, s[i:end]))
-                i = end
+                run_start = i if run_start < 0 else run_start
+                i = special.start() if special else hi
+        end_run(hi)
         if brackets:
             raise self.error(brackets[-1], "unbalanced '[' (write '\\[' for a literal bracket)")
         return tokens
