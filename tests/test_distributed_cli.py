@@ -156,3 +156,37 @@ def test_readme_distributed_command_trains_data_parallel(tmp_path, launcher):
         state = json.loads((folder / "trainer_state.json").read_text())
         # 4 steps of 2 ranks x 2 examples on 2 tasks of 16 rows: half an epoch at step 4, a quarter at step 2.
         assert state["epoch"] == pytest.approx(int(name.split("-")[1]) / 8)
+
+
+API_SCRIPT = """
+import torch
+from transformers import Seq2SeqTrainingArguments
+
+from modeling_ofa import OFAConfig, OFAForConditionalGeneration
+from processing import OFAImageProcessor, OFAProcessor, train_demo_tokenizer
+from trainers import MultiTaskTrainer, Task
+
+tokenizer = train_demo_tokenizer(["a red circle"] * 5, vocab_size=300, num_codes=8, num_bins=20)
+processor = OFAProcessor(OFAImageProcessor(size=16), tokenizer)
+task = Task("copy", "[TEXT:text] -> [TEXT:text]", [{"text": "a red circle"}] * 4, metrics=["exact_match"])
+config = OFAConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=16,
+                   decoder_ffn_dim=16, encoder_attention_heads=2, decoder_attention_heads=2, resnet_type="resnet18")
+args = Seq2SeqTrainingArguments("out", max_steps=1, report_to=[])  # no use_cpu, on a machine without GPUs
+MultiTaskTrainer(model=OFAForConditionalGeneration(config), args=args, tasks=[task], processor=processor).train()
+"""
+
+
+def test_python_api_under_torchrun_without_use_cpu_is_an_error_not_two_runs(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("with GPUs, Trainer sets up DDP by itself")
+    command = launchers()["torchrun"]
+    if not command[0]:
+        pytest.skip("torchrun is not installed")
+    (tmp_path / "api.py").write_text(API_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run([*command, "api.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "set up no data parallelism" in output and "use_cpu=True" in output, output[-3000:]
+    assert not (tmp_path / "out").exists()

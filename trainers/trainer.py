@@ -281,6 +281,15 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         self.sampling, self.temperature, self.mode, self.moe_logging = sampling, temperature, mode, moe_logging
 
         args = copy.copy(args) if args is not None else Seq2SeqTrainingArguments(output_dir="tmp_trainer")
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and args.world_size == 1:
+            # torchrun / accelerate launch on CPUs without `use_cpu`: Trainer sets up no DDP, and every process would
+            # silently train the whole run on its own.
+            raise ValueError(
+                f"this process is one of {launched} launched (WORLD_SIZE={launched}), but the training arguments set "
+                "up no data parallelism, so each process would train the whole run alone; on CPU processes pass "
+                "use_cpu=True (scripts/train.py does so itself)"
+            )
         # The schedule state restored from a checkpoint already positions the data; Trainer skipping the first
         # batches of the resumed epoch as well would skip them twice.
         args.ignore_data_skip = True
