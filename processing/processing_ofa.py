@@ -682,6 +682,8 @@ def _as_box(value: Any) -> list[float]:
     """A box from a sequence of four numbers or an OFASys string `"x0,y0,x1,y1"`."""
     if isinstance(value, str):
         value = value.replace(" ", "").split(",")
+    if isinstance(value, (bytes, Mapping)) or any(isinstance(v, (bool, np.bool_)) for v in value):
+        raise ValueError(f"a box is four numbers (x0, y0, x1, y1) or 'x0,y0,x1,y1', got {value!r:.60}")
     return [float(v) for v in value]
 
 

@@ -236,3 +236,9 @@ def test_malformed_generated_boxes_are_counted(processor, tmp_path):
     output = trainer.predict("ground", logits_processor=[TextNotBins()], num_beams=1)
     assert output.predictions == [{"box": None}] * 3
     assert output.metrics["test_ground_iou_accuracy"] == 0.0 and output.metrics["test_ground_malformed_boxes"] == 3
+
+
+@pytest.mark.parametrize("box", [[True, False, True, True], b"0,0,5,5", {"x0": 0}])
+def test_boxes_that_are_not_numbers_are_errors(processor, box):
+    with pytest.raises(ExampleError, match=rf"^{WHERE}, column 'v': a box is four numbers"):
+        encode(processor, "[IMAGE:i] where -> [BOX:v]", {"i": Image.new("RGB", (20, 10)), "v": box})
