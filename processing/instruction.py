@@ -37,7 +37,9 @@ prompt words):
   `\\(a\\)*` and `a \\-> b` are literal text. Any other backslash is itself literal.
 
 Every malformed instruction raises `InstructionError` (a `ValueError`) whose message quotes the instruction with a
-caret under the offending character.
+caret under the offending character: the quoted line ends at any line break `str.splitlines` knows (`\\r`,
+`\\u2028`, ...), invisible characters are escaped and a long line is cut to a window around the caret. Parsing takes
+time linear in the length of the instruction (literal text is lexed in runs; no check compares all pairs).
 """
 
 from __future__ import annotations
