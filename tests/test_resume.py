@@ -137,3 +137,10 @@ def test_checkpoints_carry_a_completion_marker(processor, tasks, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.warns(UserWarning, match=r"checkpoint-2.*model\.safetensors"):
         assert MultiTaskTrainer.last_complete_checkpoint(str(tmp_path)) is None
+
+
+def test_rotation_keeps_only_complete_checkpoints(processor, tasks, tmp_path):
+    # Old checkpoints are deleted only once the new one is complete (its marker written).
+    trainer(processor, tasks, tmp_path, max_steps=4, save_total_limit=1).train()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-4"]
+    assert MultiTaskTrainer.last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-4")
