@@ -193,7 +193,7 @@ def test_forward_takes_every_keyword_generate_passes(models):
     @functools.wraps(original)
     def spy(*args, **kwargs):
         seen.update(kwargs)
-        caches.append(kwargs.get("cache"))
+        caches.append(kwargs.get(CACHE_NAME))
         out = original(*args, **kwargs)
         caches.append(getattr(out, CACHE_NAME))
         return out
@@ -204,8 +204,12 @@ def test_forward_takes_every_keyword_generate_passes(models):
             generate(model, inputs, max_new_tokens=4, output_attentions=True, output_hidden_states=True, **kwargs)
     finally:
         del model.forward
-    # `return_dict` is taken by the forward's `can_return_tuple` decorator, as in transformers' models.
-    allowed = set(TransformersKwargs.__required_keys__ | TransformersKwargs.__optional_keys__) | {"return_dict"}
+    # `return_dict` is taken by the forward's `can_return_tuple` decorator, as in transformers' models; before 5.24,
+    # `generate` passes the cache as `past_key_values`, the alias of `cache`.
+    allowed = set(TransformersKwargs.__required_keys__ | TransformersKwargs.__optional_keys__) | {
+        "return_dict",
+        CACHE_NAME,
+    }
     assert not seen - named - allowed, f"forward would drop {sorted(seen - named - allowed)}"
     assert {"decoder_input_ids", "encoder_outputs", "use_cache", "code_masks"} <= seen
     returned = caches[1::2]
