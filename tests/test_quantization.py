@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import perturb_weights, tiny_config_kwargs
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
@@ -32,23 +32,10 @@ def one_torch_thread():
 
 
 def build(seed: int = 0, **overrides) -> OFAForConditionalGeneration:
-    """A tiny model (d_model 64) with weights perturbed so that greedy outputs vary (as in test_onnx)."""
+    """A tiny model (d_model 64) with weights perturbed so that greedy outputs vary (`perturb_weights`)."""
     torch.manual_seed(seed)
     kwargs = tiny_config_kwargs(d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128, **overrides)
-    model = OFAForConditionalGeneration(OFAConfig(**kwargs)).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "embed_images" in name:
-                continue
-            if "rel_pos_table" in name or name.endswith("c_attn"):
-                param.add_(torch.randn_like(param) * 0.5)
-            elif param.dim() == 2 and "embed" not in name:
-                param.normal_(0.0, 2.0 * param.shape[1] ** -0.5)
-            elif param.dim() == 2:
-                param.normal_(0.0, 0.1)
-            else:
-                param.add_(torch.randn_like(param) * 0.2)
-    return model
+    return perturb_weights(OFAForConditionalGeneration(OFAConfig(**kwargs)).eval())
 
 
 @pytest.fixture(scope="module")
