@@ -34,6 +34,19 @@ def tiny_config_kwargs(**overrides) -> dict:
     return kwargs
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: their models are tiny, so thread synchronisation costs more than it
+    saves (5-30x more when other processes share the cores: two threads wait on each other at every small matmul).
+    Use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def perturb_weights(model, seed: int | None = None):
     """Move a random model's weights away from their trivial initial values (relative tables at zero, unit head
     scales and LayerNorms, small linear maps), so that every path of the graph matters and greedy outputs vary:

@@ -37,12 +37,7 @@ KINDS = {
 VARIANTS = ["text", "image", "audio", "video+motion", "audio+image"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(kind: str, seed: int = 0, **overrides) -> OFAForConditionalGeneration:

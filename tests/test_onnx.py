@@ -55,13 +55,7 @@ def choose_eos(model: OFAForConditionalGeneration, inputs: dict) -> int:
     return first[steps[0]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The models here are tiny: thread synchronisation costs more than it saves, and much more on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ort_runner(path) -> OnnxOFA:

@@ -22,13 +22,7 @@ from modeling_ofa.quantization import (
 PAD = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny models: thread synchronisation costs more than it saves, and much more on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(seed: int = 0, **overrides) -> OFAForConditionalGeneration:

@@ -28,12 +28,7 @@ def shape_rows(n: int) -> list[dict]:
     return [{"text": f"a {COLORS[i % 3]} {SHAPES[i % 2]}", "color": COLORS[i % 3]} for i in range(n)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,7 @@ def shape_rows(n: int) -> list[dict]:
     return [{"text": f"a {COLORS[i % 3]} {SHAPES[i % 2]}", "color": COLORS[i % 3]} for i in range(n)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models here train 5-30x faster on one thread than on two when other processes share the cores:
-    # two threads wait on each other at every small matmul.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
