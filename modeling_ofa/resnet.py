@@ -14,7 +14,7 @@ The normalization layers are a choice (`norm`, `OFAConfig.resnet_norm`, one of `
 * `"group"`: `nn.GroupNorm` (trainable affine, no running statistics, batch-independent) for training from
   scratch. It has no `running_*` keys, so BatchNorm checkpoints do not load into it.
 
-Gradient checkpointing (`model.gradient_checkpointing_enable()`) covers the stem too: the Bottleneck blocks are
+Gradient checkpointing (`model.activation_checkpointing_enable()`) covers the stem too: the Bottleneck blocks are
 recomputed in the backward pass. BatchNorm in train mode updates its running statistics in forward; the
 recomputation leaves them as the forward left them (`batch_norm_stats_frozen`), so a step updates them once, as
 without checkpointing. Frozen and group norms have no statistics to update, so they recompute plainly.
@@ -313,7 +313,7 @@ class OFAResNet(nn.Module):
             stage += [Bottleneck(inplanes, planes, drop_path_rate=rates[i], norm=norm) for i in range(1, blocks)]
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3 = stages
-        # Switched on, with `_gradient_checkpointing_func`, by `PreTrainedModel.gradient_checkpointing_enable`,
+        # Switched on, with `_gradient_checkpointing_func`, by `PreTrainedModel.activation_checkpointing_enable`,
         # which sets both on every submodule that has this attribute.
         self.gradient_checkpointing = False
 

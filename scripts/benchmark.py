@@ -841,7 +841,7 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     after_imports, _ = _rss_bytes()
     model = build_ofa(ofa_config(spec["size"])).train()
     if spec["checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if spec["inputs"] == "image_text":
         sizes = replace(workload, image_batch=workload.memory_image_batch, image_size=workload.memory_image_size)
         batch = image_text_batch(model.config, sizes)
@@ -915,7 +915,7 @@ def bench_checkpointing_memory(bench: Bench) -> dict[str, Any]:
         "image_batch": bench.workload.memory_image_batch,
         "image_size": bench.workload.memory_image_size,
         "text_batch": bench.workload.batch,
-        "checkpointing": "model.gradient_checkpointing_enable(use_reentrant=False)",
+        "checkpointing": "model.activation_checkpointing_enable(use_reentrant=False)",
     }
     details.update(results)
     return figure(

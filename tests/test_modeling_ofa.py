@@ -313,7 +313,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         model = build().train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
             assert model.model.encoder.layers[0].gradient_checkpointing
             assert model.model.decoder.layers[1].gradient_checkpointing
         model(**inputs, labels=labels).loss.backward()

@@ -123,7 +123,7 @@ def test_upcycling_gives_the_dense_logits(tmp_path, moe):
 
 def test_moe_with_gradient_checkpointing_and_cache():
     model = build(moe_type="topk", moe_top_k=2).train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     out = model(**mixed_batch())
     out.loss.backward()
     assert torch.isfinite(out.loss)
