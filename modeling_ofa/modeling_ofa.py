@@ -448,9 +448,10 @@ class OFAAttention(nn.Module):
                     cache.is_updated[self.layer_idx] = True
 
         implementation = "eager" if kwargs.get("output_attentions") else self.config._attn_implementation
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        if implementation == "eager":
+        if implementation == "eager":  # ours, which adds the bias (whatever "eager" may mean to the registry)
             attention = eager_attention_forward
+        else:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         out, weights = attention(
             self,
             query,
