@@ -172,6 +172,7 @@ task = Task("copy", "[TEXT:text] -> [TEXT:text]", [{"text": "a red circle"}] * 4
 config = OFAConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=16,
                    decoder_ffn_dim=16, encoder_attention_heads=2, decoder_attention_heads=2, resnet_type="resnet18")
 args = Seq2SeqTrainingArguments("out", max_steps=1, report_to=[])  # no use_cpu, on a machine without GPUs
+print(f"data-parallel world size {args.world_size}", flush=True)
 MultiTaskTrainer(model=OFAForConditionalGeneration(config), args=args, tasks=[task], processor=processor).train()
 """
 
@@ -188,5 +189,10 @@ def test_python_api_under_torchrun_without_use_cpu_is_an_error_not_two_runs(tmp_
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run([*command, "api.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     output = done.stdout + done.stderr
+    if "data-parallel world size 2" in output:
+        # Older accelerate releases (1.3) set up DDP on CPU processes by themselves: then it is one distributed run.
+        assert done.returncode == 0, output[-3000:]
+        return
+    assert "data-parallel world size 1" in output, output[-3000:]
     assert done.returncode != 0 and "set up no data parallelism" in output and "use_cpu=True" in output, output[-3000:]
     assert not (tmp_path / "out").exists()
