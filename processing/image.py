@@ -48,6 +48,9 @@ def _to_rgb(image: PIL.Image.Image, name: str, where: str | None, *, copy: bool 
 def _open_and_decode(source: str | io.BytesIO, name: str, where: str | None) -> PIL.Image.Image:
     if isinstance(source, io.BytesIO) and not source.getbuffer().nbytes:
         raise ValueError(f"Cannot read image {name}{_context(where)}: the image bytes are empty")
+    if isinstance(source, str) and not source:
+        # Older Pillow (10.0) does not open an empty path but fails on it with an AttributeError.
+        raise ValueError(f"Cannot read image{_context(where)}: the path is empty")
     try:
         with PIL.Image.open(source) as opened:
             # load() forces the full decode now, so a truncated file fails here and not deep inside a collator.

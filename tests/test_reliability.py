@@ -242,3 +242,12 @@ def test_malformed_generated_boxes_are_counted(processor, tmp_path):
 def test_boxes_that_are_not_numbers_are_errors(processor, box):
     with pytest.raises(ExampleError, match=rf"^{WHERE}, column 'v': a box is four numbers"):
         encode(processor, "[IMAGE:i] where -> [BOX:v]", {"i": Image.new("RGB", (20, 10)), "v": box})
+
+
+def test_an_empty_image_path_is_a_clear_error():
+    # Pillow 10.0 (the oldest stack) fails on an empty path with an AttributeError rather than FileNotFoundError;
+    # the property test above found it there.
+    from processing.image import load_image
+
+    with pytest.raises(ValueError, match="the path is empty"):
+        load_image("")
