@@ -79,6 +79,27 @@ def perturb_weights(model, seed: int | None = None):
     return model
 
 
+def assert_checkpointed_stem_matches(plain, checkpointed) -> None:
+    """Run a ResNet stem once plainly and once (a copy) with non-reentrant gradient checkpointing, in train mode
+    under the same seed: outputs, gradients and buffers (BatchNorm statistics) must be bit-identical."""
+    checkpointed.gradient_checkpointing = True
+    checkpointed._gradient_checkpointing_func = lambda fn, *args: torch.utils.checkpoint.checkpoint(
+        fn, *args, use_reentrant=False
+    )
+    pixels = torch.randn(2, 3, 32, 32)
+    outputs = []
+    for stem in (plain, checkpointed):
+        torch.manual_seed(4)
+        out = stem(pixels)
+        out.square().mean().backward()
+        outputs.append(out)
+    assert torch.equal(outputs[0], outputs[1])
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        assert torch.equal(a, b), name
+
+
 @pytest.fixture
 def tiny_config():
     from modeling_ofa import OFAConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import assert_checkpointed_stem_matches, tiny_config_kwargs
 from torch import nn
 
 from modeling_ofa import OFAConfig, OFAForConditionalGeneration
@@ -162,22 +162,7 @@ def test_stem_alone_gradients_and_statistics():
     plain = OFAResNet((2, 1, 1), drop_path_rate=0.3).train()
     checkpointed = OFAResNet((2, 1, 1), drop_path_rate=0.3).train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.gradient_checkpointing = True
-    checkpointed._gradient_checkpointing_func = lambda fn, *args: torch.utils.checkpoint.checkpoint(
-        fn, *args, use_reentrant=False
-    )
-    pixels = torch.randn(2, 3, 32, 32)
-    outputs = []
-    for stem in (plain, checkpointed):
-        torch.manual_seed(4)
-        out = stem(pixels)
-        out.square().mean().backward()
-        outputs.append(out)
-    assert torch.equal(outputs[0], outputs[1])
-    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
-        assert torch.equal(p.grad, q.grad), name
-    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
-        assert torch.equal(a, b), name
+    assert_checkpointed_stem_matches(plain, checkpointed)
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import assert_checkpointed_stem_matches, tiny_config_kwargs
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -254,22 +254,7 @@ def test_checkpointed_stem_matches_plain_stem(norm):
     for stem in (plain, checkpointed):
         for block in (*stem.layer1, *stem.layer2, *stem.layer3):
             block.drop_path.rate = 0.3
-    checkpointed.gradient_checkpointing = True
-    checkpointed._gradient_checkpointing_func = lambda fn, *args: torch.utils.checkpoint.checkpoint(
-        fn, *args, use_reentrant=False
-    )
-    pixels = torch.randn(2, 3, 32, 32)
-    outputs = []
-    for stem in (plain, checkpointed):
-        torch.manual_seed(4)
-        out = stem(pixels)
-        out.square().mean().backward()
-        outputs.append(out)
-    assert torch.equal(outputs[0], outputs[1])
-    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
-        assert torch.equal(p.grad, q.grad), name
-    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
-        assert torch.equal(a, b), name
+    assert_checkpointed_stem_matches(plain, checkpointed)
 
 
 # ---------------------------------------------------------------------------------------------------------------
