@@ -29,7 +29,7 @@ def test_demo_run_writes_every_artifact(demo_output):
     folder, results = demo_output
     for name in ARTIFACTS:
         assert (folder / name).is_file(), f"the demo output lacks {name}"
-    from processing.demo_data import DEMO_TASKS
+    from trainers.demo import DEMO_TASKS
 
     assert {r.task for r in results} == {t.name for t in DEMO_TASKS}
     saved = json.loads((folder / "results.json").read_text())
@@ -54,7 +54,7 @@ def run_predict(folder: Path, *args: str) -> dict:
 
 @pytest.fixture(scope="module")
 def scene(demo_output, tmp_path_factory) -> Path:
-    from processing.demo_data import load_demo_datasets
+    from trainers.demo import load_demo_datasets
 
     data = load_demo_datasets(demo_output[0].parents[1] / "demo_data")
     path = tmp_path_factory.mktemp("inputs") / "scene.png"

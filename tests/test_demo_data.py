@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("datasets")
 
-from processing import demo_data  # noqa: E402
-from processing.demo_data import (  # noqa: E402
+from processing.instruction import parse_instruction  # noqa: E402
+from trainers.demo import (  # noqa: E402
     COLORS,
     DEMO_TASK_NAMES,
     DEMO_TASKS,
@@ -30,7 +30,7 @@ from processing.demo_data import (  # noqa: E402
     load_demo_datasets,
     save_demo_datasets,
 )
-from processing.instruction import parse_instruction  # noqa: E402
+from trainers.demo import corpus as demo_data  # noqa: E402
 
 SMALL = {"train": 20, "validation": 5, "test": 5}
 # 24 is a whole number of cycles of every task's strata, so balanced tasks are exactly balanced.

@@ -5,7 +5,7 @@
 ```yaml
 output_dir: outputs/demo
 seed: 0
-data: {demo: {root: demo_data, seed: 0, scale: 1.0}}    # generated offline by processing.demo_data
+data: {demo: {root: demo_data, seed: 0, scale: 1.0}}    # generated offline by trainers.demo
 tokenizer: {demo: {vocab_size: 1000, num_codes: 16, num_bins: 256}}    # or {path: folder}
 processor: {image_size: 64, max_image_size: 64, video_num_frames: 4, motion_config: {num_coords: 2, num_joints: 6}}
 model: {preset: demo, overrides: {}}                    # or {checkpoint: folder}, plus upcycling moe_* overrides
@@ -118,7 +118,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
         ConfigError: An unreadable file, a bad override, an unknown section or key, or a value of the wrong type.
     """
     if path is None:
-        path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+        from .demo import DEMO_CONFIG  # package data: found from an installed package too
+
+        path = DEMO_CONFIG
     path = Path(path)
     text = path.read_text()
     try:
@@ -336,7 +338,7 @@ def _task_fields() -> dict[str, Any]:
 
 
 def _demo_data_fields() -> dict[str, Any]:
-    from processing.demo_data import save_demo_datasets
+    from .demo import save_demo_datasets
 
     return _parameters(save_demo_datasets)
 
@@ -490,7 +492,7 @@ def _training_arguments(config: Mapping[str, Any], output_dir: Path, seed: int) 
 
 
 def _demo_datasets(config: dict[str, Any]) -> dict[str, Any]:
-    from processing.demo_data import save_demo_datasets
+    from .demo import save_demo_datasets
 
     demo = dict((config.get("data") or {}).get("demo") or {})
     root = demo.pop("root", "demo_data")
@@ -538,8 +540,8 @@ def _load_splits(name: str, path: str) -> dict[str, Any]:
 def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[Any, Any, Any]]:
     """(Task, test split, chance baseline) per configured task."""
     from processing import parse_instruction
-    from processing.demo_data import DEMO_TASKS, chance_baseline, get_demo_task
 
+    from .demo import DEMO_TASKS, chance_baseline, get_demo_task
     from .task import Task
 
     entries = config.get("tasks") or [{"name": task.name, "data": "demo"} for task in DEMO_TASKS]
@@ -600,8 +602,8 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
 
     import modeling_ofa
     import processing
-    from processing.demo_data import demo_text_corpus
 
+    from .demo import demo_text_corpus
     from .hub import save_hub_folder
     from .trainer import MultiTaskTrainer
 

@@ -84,7 +84,7 @@ is an `Array3D` (20, 6, 2) float32; tables are lists of rows of strings, header 
 `[x0, y0, x1, y1]` in the 64 x 64 image.
 
 ```python
-from processing.demo_data import build_demo_datasets, chance_baseline, DEMO_TASKS
+from trainers.demo import build_demo_datasets, chance_baseline, DEMO_TASKS
 
 data = build_demo_datasets(seed=0)                 # {"caption": DatasetDict(train/validation/test), ...}
 for task in DEMO_TASKS:
@@ -1099,8 +1099,8 @@ def demo_text_corpus(datasets: Mapping[str, Any]) -> Iterator[str]:
     Args:
         datasets: Task name -> `DatasetDict` (or a dict of split -> `Dataset`), as `build_demo_datasets` returns.
     """
-    from .instruction import parse_instruction
-    from .struct import StructPreprocessor
+    from processing.instruction import parse_instruction
+    from processing.struct import StructPreprocessor
 
     if not isinstance(datasets, Mapping):
         raise TypeError(f"datasets must be a dict of task name -> DatasetDict, got {type(datasets).__name__}")
