@@ -30,9 +30,13 @@ prompt words):
 - Unbalanced `[` or `]` is an error, as is `*` right after a slot (write `( [BOX] )*`), `-->`, and a run of four or
   more `|`.
 - Unknown attributes, duplicated attributes, values of the wrong type or out of range, flags given a value and valued
-  attributes given none are errors; so is an attribute on a side or modality where no preprocessor reads it.
+  attributes given none are errors; so is an attribute on a side or modality where no preprocessor reads it. The
+  OFASys attributes this processor does not implement (`ATTRIBUTES[name].not_supported` says why) are errors too,
+  "attribute 'x' is not supported yet", rather than accepted and ignored: every attribute a plan carries has an effect.
   `closed_set` is valid only on the target slot (the last decoder data slot or group) and the target slot cannot be
-  `no_loss`. `add_bos`/`add_eos` are accepted with a `FutureWarning` and dropped, since OFASys ignores them.
+  `no_loss`; a decoder data slot before the target must be `no_loss` (only the target is scored here, whereas OFASys
+  also scores unmarked ones). `add_bos`/`add_eos` are accepted with a `FutureWarning` and dropped, since OFASys
+  ignores them.
 - Escapes: a backslash makes the next character literal if it is one of ``\\ [ ] ( ) * | - >``, so `\\[SEP\\]`,
   `\\(a\\)*` and `a \\-> b` are literal text. Any other backslash is itself literal.
 
@@ -97,6 +101,10 @@ class AttributeSpec:
         exclusive_minimum: Whether `minimum` itself is invalid.
         exclusive_maximum: Whether `maximum` itself is invalid.
         deprecated: Accepted for OFASys compatibility, warned about and dropped from the plan.
+        values: For `str` attributes, the names accepted (e.g. a registered preprocessor); `None` accepts any name.
+        not_supported: Why this processor does not implement the attribute yet; set, the parser rejects the attribute
+            wherever it is written, so an instruction never carries an attribute that nothing reads. `None` for the
+            implemented ones.
     """
 
     name: str
@@ -109,6 +117,13 @@ class AttributeSpec:
     exclusive_minimum: bool = False
     exclusive_maximum: bool = False
     deprecated: bool = False
+    values: frozenset[str] | None = None
+    not_supported: str | None = None
+
+    @property
+    def supported(self) -> bool:
+        """Whether slots may carry the attribute (implemented, or deprecated and dropped with a warning)."""
+        return self.not_supported is None
 
     @property
     def is_flag(self) -> bool:
@@ -137,13 +152,25 @@ _ENCODER_ONLY = frozenset({_ENCODER})
 ATTRIBUTES: dict[str, AttributeSpec] = {
     spec.name: spec
     for spec in (
-        _spec("preprocess", str, "use this registered preprocessor instead of the modality's default"),
-        _spec("adaptor", str, "use this registered adaptor (embedding module) instead of the modality's default"),
+        _spec(
+            "preprocess",
+            str,
+            "use this registered preprocessor instead of the modality's default",
+            values=frozenset(),
+            not_supported="each modality has one preprocessor here; image generation targets are [IMAGE_CODE:column]",
+        ),
+        _spec(
+            "adaptor",
+            str,
+            "use this registered adaptor (embedding module) instead of the modality's default",
+            values=frozenset(),
+            not_supported="each modality has one adaptor here; image generation targets are [IMAGE_CODE:column]",
+        ),
         _spec(
             "no_loss",
             bool,
             "teacher-forced but not scored; a forced decoder prefix at inference",
-            {"TEXT", "CATEGORY", "BOX", "PHONE", "STRUCT", "IMAGE", "IMAGE_CODE"},
+            {"TEXT", "CATEGORY", "BOX", "PHONE", "STRUCT", "IMAGE_CODE"},
             sides=_DECODER_ONLY,
         ),
         _spec(
@@ -156,15 +183,17 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
         _spec(
             "mask_ratio",
             float,
-            "corruption ratio: whole-word span masking of text, centre masking of images, phone noise",
+            "corruption ratio (train split): whole-word span masking of text, centre masking of images, phone noise",
             {"TEXT", "STRUCT", "PHONE", "IMAGE"},
+            sides=_ENCODER_ONLY,  # decoder slots are encoded clean; masking them is not implemented
             minimum=0.0,
             maximum=1.0,
         ),
         _spec(
             "noise_ratio",
             float,
-            "replace this fraction of input tokens at random (on a decoder slot the target stays clean)",
+            "replace this fraction of input tokens at random (train split; on the decoder, the target slot only: its "
+            "teacher-forced input is noised, its labels stay clean)",
             {"TEXT", "STRUCT"},
             minimum=0.0,
             maximum=1.0,
@@ -176,11 +205,24 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             {"TEXT", "STRUCT", "PHONE", "CATEGORY", "MOTION", "AUDIO"},
             minimum=1,
         ),
-        _spec("min_length", int, "skip examples with fewer motion frames than this", {"MOTION"}, minimum=1),
-        _spec("length", int, "truncate the image-code sequence to this many codes", {"IMAGE", "IMAGE_CODE"}, minimum=1),
+        _spec(
+            "min_length",
+            int,
+            "reject clips with fewer motion steps than this",
+            {"MOTION"},
+            sides=_ENCODER_ONLY,
+            minimum=1,
+        ),
+        _spec("length", int, "truncate the image-code sequence to this many codes", {"IMAGE_CODE"}, minimum=1),
         _spec("uncased", bool, "lower-case the value before tokenizing", {"TEXT", "CATEGORY", "STRUCT"}),
         _spec("no_punctuation", bool, "strip punctuation from the value before tokenizing", {"TEXT", "CATEGORY"}),
-        _spec("disable_auto_boseos", bool, "do not wrap this run of text-like slots in BOS/EOS", _TEXT_GROUP),
+        _spec(
+            "disable_auto_boseos",
+            bool,
+            "do not wrap this run of text-like slots in BOS/EOS",
+            _TEXT_GROUP,
+            not_supported="every encoder run and the decoder input are wrapped in BOS/EOS",
+        ),
         _spec(
             "n_frames_per_step",
             int,
@@ -188,9 +230,25 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             {"AUDIO"},
             sides=_DECODER_ONLY,
             minimum=1,
+            not_supported="AUDIO targets (speech synthesis) are not generated by this model",
         ),
-        _spec("use_mask", bool, "apply span masking to the audio features", {"AUDIO"}, sides=_ENCODER_ONLY),
-        _spec("sample_rate", int, "keep every N-th motion frame, from a random phase", {"MOTION"}, minimum=1),
+        _spec(
+            "use_mask",
+            bool,
+            "apply span masking to the audio features",
+            {"AUDIO"},
+            sides=_ENCODER_ONLY,
+            not_supported="span masking of audio features (speech pre-training) is not implemented",
+        ),
+        _spec(
+            "sample_rate",
+            int,
+            "keep every N-th motion frame, from a random phase",
+            {"MOTION"},
+            minimum=1,
+            not_supported="slot-level motion sampling is not wired to the processor; for a fixed stride use "
+            "MotionPreprocessor(frame_stride=N)",
+        ),
         _spec(
             "soft_trim",
             float,
@@ -200,20 +258,36 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             maximum=1.0,
             exclusive_minimum=True,
             exclusive_maximum=True,
+            not_supported="slot-level motion cropping is not wired to the processor",
         ),
         _spec(
             "window",
             bool,
             "crop a random window of min_length..max_length motion frames (OFASys only tests its presence)",
             {"MOTION"},
+            not_supported="slot-level motion cropping is not wired to the processor",
         ),
-        _spec("anchor_frame", int, "align the motion's orientation and position to this frame", {"MOTION"}, minimum=0),
-        _spec("is_label", bool, "documented by OFASys, read by no code: a marker with no effect", sides=_DECODER_ONLY),
+        _spec(
+            "anchor_frame",
+            int,
+            "align the motion's orientation and position to this frame",
+            {"MOTION"},
+            minimum=0,
+            not_supported="OFASys aligns the root rotation of BVH clips; clips here are joint positions, which carry "
+            "no root orientation",
+        ),
+        _spec(
+            "is_label",
+            bool,
+            "documented by OFASys, read by none of its code",
+            sides=_DECODER_ONLY,
+            not_supported="OFASys documents it but no OFASys code reads it; the target is always the last decoder slot",
+        ),
         _spec("add_bos", bool, "ignored, as by OFASys (BOS is added automatically); warned about", deprecated=True),
         _spec("add_eos", bool, "ignored, as by OFASys (EOS is added automatically); warned about", deprecated=True),
     )
 }
-"""Every slot attribute OFASys reads, as data: name -> `AttributeSpec`."""
+"""Every slot attribute OFASys reads, as data: name -> `AttributeSpec`. Those with `not_supported` set are rejected."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -518,6 +592,13 @@ class TaskPlan:
     def parse(cls, instruction: str) -> TaskPlan:
         """Same as `parse_instruction(instruction)`."""
         return parse_instruction(instruction)
+
+    @property
+    def target_kind(self) -> str:
+        """What the target produces, one of `processing.answers.TARGET_KINDS` (the same for every template)."""
+        from .answers import plan_target_kind  # answers.py builds on this module: imported when asked
+
+        return plan_target_kind(self)
 
     # -- column and modality summaries ---------------------------------------------------------------------------------
 
@@ -1175,8 +1256,11 @@ class _Parser:
         if spec is None:
             raise self.error(
                 name_pos,
-                f"unknown attribute {name!r}{_did_you_mean(name, ATTRIBUTES)}; known: {', '.join(sorted(ATTRIBUTES))}",
+                f"unknown attribute {name!r}{_did_you_mean(name, ATTRIBUTES)}; supported: "
+                f"{', '.join(sorted(n for n, spec in ATTRIBUTES.items() if spec.supported))}",
             )
+        if spec.not_supported is not None:
+            raise self.error(name_pos, f"attribute {name!r} is not supported yet: {spec.not_supported}")
         side = _ENCODER if is_source else _DECODER
         if side not in spec.sides:
             where = "decoder slots (right of '->')" if _DECODER in spec.sides else "encoder slots (left of '->')"
@@ -1211,6 +1295,9 @@ class _Parser:
         else:
             if not _IDENT_RE.fullmatch(value_text):
                 raise self.error(value_pos, f"{name!r} expects a name ([A-Za-z_][A-Za-z0-9_]*), got {value_text!r}")
+            if spec.values is not None and value_text not in spec.values:
+                supported = ", ".join(sorted(spec.values)) or "none"
+                raise self.error(value_pos, f"{name}={value_text} is not supported yet; supported: {supported}")
             value = value_text
         if isinstance(value, (int, float)) and not self.in_range(spec, value):
             raise self.error(value_pos, f"{name}={shown} is out of range; valid: {spec.range_text()}")
@@ -1361,14 +1448,29 @@ class _Parser:
                     self.attr_position(slot, "closed_set"),
                     "'closed_set' applies only to the target slot (the last decoder slot or group)",
                 )
+            if not slot.is_source and slot.attr("noise_ratio") is not None and slot is not target:
+                raise self.error(
+                    self.attr_position(slot, "noise_ratio"),
+                    "'noise_ratio' on the decoder side applies only to the target slot (the last decoder slot, "
+                    "not a repeat group): other decoder slots are encoded clean",
+                )
             minimum, maximum = slot.attr("min_length"), slot.attr("max_length")
             if minimum is not None and maximum is not None and minimum > maximum:
                 raise self.error(self.attr_position(slot, "min_length"), "min_length is larger than max_length")
-            anchor = slot.attr("anchor_frame")
-            if anchor is not None and minimum is not None and anchor >= minimum:
-                raise self.error(
-                    self.attr_position(slot, "anchor_frame"), "anchor_frame must be smaller than min_length"
-                )
+        no_loss_modalities = ATTRIBUTES["no_loss"].modalities or frozenset(MODALITIES)
+        for element in template.decoder:
+            if element is target or element.is_plaintext:
+                continue
+            members = element.data_slots if isinstance(element, RepeatGroup) else (element,)
+            for slot in members:
+                # OFASys scores such a slot unless it is no_loss; here only the target slot is scored, so an unmarked
+                # one would silently differ from OFASys (and its column would be missing from `inference_columns`).
+                if not slot.no_loss and slot.modality in no_loss_modalities:
+                    raise self.error(
+                        slot.span[0],
+                        "a decoder slot before the target is a teacher-forced prefix and is not scored here (scoring "
+                        "it, as OFASys does, is not supported yet): mark it 'no_loss'",
+                    )
         if target_slots and all(slot.no_loss for slot in target_slots):
             raise self.error(
                 self.attr_position(target_slots[-1], "no_loss"),

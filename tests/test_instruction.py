@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import random
+import re
 import time
 import warnings
 
@@ -98,21 +100,21 @@ TASKS = [
     ),
     (
         "imagenet",
-        "[IMAGE:image,preprocess=imagenet] what does the image describe? -> [TEXT:label_name,closed_set]",
+        "[IMAGE:image] what does the image describe? -> [TEXT:label_name,closed_set]",
         ("image",),
         ("label_name",),
         "TEXT",
     ),
     (
         "asr",
-        "[AUDIO:wav] what is the text corresponding to the voice? -> [TEXT:text,preprocess=text_phone]",
+        "[AUDIO:wav] what is the text corresponding to the voice? -> [TEXT:text]",
         ("wav",),
         ("text",),
         "TEXT",
     ),
-    ("tts", "[PHONE:text] -> [AUDIO:fbank,adaptor=audio_tgt_fbank]", ("text",), ("fbank",), "AUDIO"),
+    ("tts", "[PHONE:text] -> [AUDIO:fbank]", ("text",), ("fbank",), "AUDIO"),
     ("video_caption", "[VIDEO:video] what does the video describe? -> [TEXT:cap]", ("video",), ("cap",), "TEXT"),
-    ("video_qa", "[VIDEO:video] [TEXT:question] -> [TEXT:answer,is_label]", ("question", "video"), ("answer",), "TEXT"),
+    ("video_qa", "[VIDEO:video] [TEXT:question] -> [TEXT:answer]", ("question", "video"), ("answer",), "TEXT"),
     (
         "table_to_text",
         'structured knowledge: " [STRUCT:database,uncased] "  . how to describe the tripleset ? -> [TEXT:tgt]',
@@ -131,7 +133,7 @@ TASKS = [
     ("sudoku", '" [TEXT:src] "  .  solve the sudoku .  -> [TEXT:tgt]', ("src",), ("tgt",), "TEXT"),
     (
         "motion",
-        "motion capture: [TEXT:text] -> [MOTION:bvh_frames,preprocess=motion_6d,adaptor=motion_6d]",
+        "motion capture: [TEXT:text] -> [MOTION:bvh_frames]",
         ("text",),
         ("bvh_frames",),
         "MOTION",
@@ -145,23 +147,21 @@ TASKS = [
     ),
     (
         "text_to_image_ofasys",  # the OFASys spelling: unnamed slot, so the column is its position "3"
-        'what is the complete image? caption: [TEXT:text]"? -> [IMAGE,preprocess=image_vqgan,adaptor=image_vqgan]',
+        'what is the complete image? caption: [TEXT:text]"? -> [IMAGE]',
         ("text",),
         ("3",),
         "IMAGE",
     ),
     (
         "image_infilling",
-        'what is the complete image of "[IMAGE:img,mask_ratio=0.5]"? '
-        "-> [IMAGE,preprocess=image_vqgan,adaptor=image_vqgan]",
+        'what is the complete image of "[IMAGE:img,mask_ratio=0.5]"? -> [IMAGE]',
         ("img",),
         ("3",),
         "IMAGE",
     ),
     (
         "motion_window",
-        "[MOTION:m,preprocess=motion_6d,min_length=10,max_length=200,window,anchor_frame=0,sample_rate=2,soft_trim=0.1]"
-        " -> [TEXT:desc]",
+        "[MOTION:m,min_length=10,max_length=200] -> [TEXT:desc]",
         ("m",),
         ("desc",),
         "TEXT",
@@ -194,6 +194,62 @@ def test_task_instructions_parse(name, instruction, source, target, target_modal
     for slot in template.slots:
         if slot.is_plaintext:
             assert instruction[slot.span[0] : slot.span[1]] == slot.text
+
+
+# OFASys templates (spec task table) written with attributes this processor does not implement (`preprocess`,
+# `adaptor`, `is_label`, the motion cropping ones): each is rejected at its first such attribute, and the same template
+# without them is the TASKS row of the same name.
+OFASYS_UNSUPPORTED = [
+    (
+        "imagenet",
+        "[IMAGE:image,preprocess=imagenet] what does the image describe? -> [TEXT:label_name,closed_set]",
+        "preprocess",
+    ),
+    (
+        "asr",
+        "[AUDIO:wav] what is the text corresponding to the voice? -> [TEXT:text,preprocess=text_phone]",
+        "preprocess",
+    ),
+    ("tts", "[PHONE:text] -> [AUDIO:fbank,adaptor=audio_tgt_fbank]", "adaptor"),
+    ("video_qa", "[VIDEO:video] [TEXT:question] -> [TEXT:answer,is_label]", "is_label"),
+    (
+        "motion",
+        "motion capture: [TEXT:text] -> [MOTION:bvh_frames,preprocess=motion_6d,adaptor=motion_6d]",
+        "preprocess",
+    ),
+    (
+        "text_to_image_ofasys",
+        'what is the complete image? caption: [TEXT:text]"? -> [IMAGE,preprocess=image_vqgan,adaptor=image_vqgan]',
+        "preprocess",
+    ),
+    (
+        "image_infilling",
+        'what is the complete image of "[IMAGE:img,mask_ratio=0.5]"? '
+        "-> [IMAGE,preprocess=image_vqgan,adaptor=image_vqgan]",
+        "preprocess",
+    ),
+    (
+        "motion_window",
+        "[MOTION:m,min_length=10,max_length=200,window,anchor_frame=0,sample_rate=2,soft_trim=0.1] -> [TEXT:desc]",
+        "window",
+    ),
+]
+_UNSUPPORTED = sorted(name for name, spec in ATTRIBUTES.items() if not spec.supported)
+_UNSUPPORTED_ATTR_RE = re.compile(r",(?:" + "|".join(_UNSUPPORTED) + r")(?:=[\w.]+)?(?=[,\]])")
+
+
+@pytest.mark.parametrize(
+    ("name", "instruction", "attribute"), OFASYS_UNSUPPORTED, ids=[t[0] for t in OFASYS_UNSUPPORTED]
+)
+def test_ofasys_templates_with_unsupported_attributes_are_rejected_at_the_attribute(name, instruction, attribute):
+    with pytest.raises(InstructionError, match=f"attribute '{attribute}' is not supported yet") as info:
+        parse_instruction(instruction)
+    assert info.value.position == instruction.index("," + attribute) + 1
+    quoted, caret = str(info.value).splitlines()[-2:]  # a long line is quoted as a window around the caret
+    assert quoted[caret.index("^") :].startswith(attribute)
+    supported_form = dict((t[0], t[1]) for t in TASKS)[name]
+    assert _UNSUPPORTED_ATTR_RE.sub("", instruction) == supported_form
+    parse_instruction(supported_form)
 
 
 @pytest.mark.parametrize("instruction", [t[1] for t in TASKS], ids=[t[0] for t in TASKS])
@@ -252,11 +308,11 @@ def test_golden_detection_group():
 
 def test_golden_positional_columns_follow_ofasys_numbering():
     # OFASys numbers every element of a template (literal pieces too): "what ... caption:" 0, TEXT 1, '"?' 2, IMAGE 3.
-    plan = parse_instruction('what is the complete image? caption: [TEXT:text]"? -> [IMAGE,preprocess=image_vqgan]')
+    plan = parse_instruction('what is the complete image? caption: [TEXT:text]"? -> [IMAGE]')
     (template,) = plan.templates
     assert [s.column for s in template.slots] == [None, "text", None, "3"]
     image = template.target_slot
-    assert image.positional and image.attr("preprocess") == "image_vqgan"
+    assert image.positional and image.attrs == ()
     assert template.slots[2].text == '"?' and template.slots[2].space_before is False
 
 
@@ -338,16 +394,25 @@ BAD = [
     ("[TEXT:x] -> [TEXT:y,no_loss=1] [TEXT:z]", 27, "flag and takes no value"),
     ("[TEXT:x,max_length] -> [TEXT:y]", 8, "needs a value"),
     ("[TEXT:x,max_length=] -> [TEXT:y]", 19, "expected a value"),
-    ("[TEXT:x,preprocess=a.b] -> [TEXT:y]", 19, "expects a name"),
+    ("[TEXT:x,preprocess=a.b] -> [TEXT:y]", 8, "attribute 'preprocess' is not supported yet"),
     ("[TEXT:x,max_length=5=6] -> [TEXT:y]", 20, "unexpected '='"),
     ("[TEXT:x,closed_set] -> [TEXT:y]", 8, "only to decoder slots"),
-    ("[TEXT:x] -> [TEXT:y,use_mask]", 20, "does not apply|only to encoder"),
+    ("[TEXT:x] -> [TEXT:y,mask_ratio=0.2]", 20, "only to encoder slots"),
+    ("[TEXT:x] -> [IMAGE_CODE:y,uncased]", "uncased", "does not apply to IMAGE_CODE"),
     ("[IMAGE:x,uncased] -> [TEXT:y]", 9, "does not apply to IMAGE"),
     ("[TEXT:x] -> [TEXT:y,closed_set] then [TEXT:z]", 20, "only to the target slot"),
     ("[TEXT:x] -> [TEXT:y,no_loss]", 20, "cannot be 'no_loss'"),
+    ("[TEXT:x] -> [TEXT:p] [TEXT:y]", 12, "a decoder slot before the target .* mark it 'no_loss'"),
     ("[MOTION:m,min_length=20,max_length=10] -> [TEXT:y]", 10, "min_length is larger"),
-    ("[MOTION:m,min_length=5,anchor_frame=5] -> [TEXT:y]", 23, "anchor_frame must be smaller"),
-    ("[MOTION:m,soft_trim=1] -> [TEXT:y]", 20, "out of range.*\\(0, 1\\)"),
+    ("[MOTION:m,min_length=5,anchor_frame=5] -> [TEXT:y]", 23, "attribute 'anchor_frame' is not supported yet"),
+    ("[MOTION:m,soft_trim=1] -> [TEXT:y]", 10, "attribute 'soft_trim' is not supported yet"),
+    (
+        "[TEXT:x] -> [TEXT:p,noise_ratio=0.1] [TEXT:y]",
+        20,
+        "'noise_ratio' on the decoder side applies only to the target",
+    ),
+    ("[IMAGE:i] -> ( [BOX:b] [TEXT:t,noise_ratio=0.1] )*", 31, "'noise_ratio' on the decoder side applies only"),
+    ("[IMAGE:x,length=4] -> [TEXT:y]", 9, "'length' does not apply to IMAGE slots"),
     ("a [ b -> [TEXT:y]", 2, "unbalanced '\\['"),
     ("a ] b -> [TEXT:y]", 2, "unbalanced '\\]'"),
     ("[a -> b]", 0, "unbalanced '\\['"),
@@ -421,7 +486,7 @@ def _valid_slot_for(name: str, value: str | None = None) -> str:
     return f"[{modality}:a,{attr}] -> [TEXT:t]"
 
 
-@pytest.mark.parametrize("name", sorted(ATTRIBUTES))
+@pytest.mark.parametrize("name", sorted(n for n, s in ATTRIBUTES.items() if s.supported))
 def test_every_table_attribute_parses_with_its_type(name):
     spec = ATTRIBUTES[name]
     with warnings.catch_warnings():
@@ -437,7 +502,8 @@ def test_every_table_attribute_parses_with_its_type(name):
 
 
 @pytest.mark.parametrize(
-    "name", sorted(n for n, s in ATTRIBUTES.items() if s.type in (int, float) and s.minimum is not None)
+    "name",
+    sorted(n for n, s in ATTRIBUTES.items() if s.supported and s.type in (int, float) and s.minimum is not None),
 )
 def test_numeric_attributes_reject_values_outside_their_range(name):
     spec = ATTRIBUTES[name]
@@ -447,6 +513,60 @@ def test_numeric_attributes_reject_values_outside_their_range(name):
     for value in outside:
         with pytest.raises(InstructionError, match="out of range"):
             parse_instruction(_valid_slot_for(name, str(spec.type(value))))
+
+
+def test_the_unsupported_attributes_are_exactly_the_ones_nothing_reads():
+    # The OFASys attributes without an implementation here (issue: `[MOTION:x,sample_rate=2]` parsed and did nothing).
+    assert _UNSUPPORTED == [
+        "adaptor",
+        "anchor_frame",
+        "disable_auto_boseos",
+        "is_label",
+        "n_frames_per_step",
+        "preprocess",
+        "sample_rate",
+        "soft_trim",
+        "use_mask",
+        "window",
+    ]
+    assert all(ATTRIBUTES[name].not_supported for name in _UNSUPPORTED)
+
+
+@pytest.mark.parametrize("name", _UNSUPPORTED)
+def test_unsupported_attributes_are_rejected_where_ofasys_would_read_them(name):
+    # Written exactly where OFASys reads it (its side and modality, a valid value), it is still an error, at its name.
+    instruction = _valid_slot_for(name)
+    with pytest.raises(InstructionError, match=f"attribute '{name}' is not supported yet: .+") as info:
+        parse_instruction(instruction)
+    assert info.value.position == instruction.index("," + name) + 1
+    assert str(info.value).splitlines()[-1] == " " * (4 + info.value.position) + "^"
+
+
+def test_unknown_attribute_message_lists_only_supported_attributes():
+    with pytest.raises(InstructionError, match="supported: add_bos, add_eos, closed_set, length, ") as info:
+        parse_instruction("[TEXT:x,lenght=3] -> [TEXT:y]")
+    assert "sample_rate" not in str(info.value)
+
+
+def test_a_named_value_table_accepts_exactly_its_names(monkeypatch):
+    # How `preprocess=image_vqgan` on IMAGE targets will be accepted once image generation exists: the spec lists the
+    # accepted names, and any other name is "not supported yet" at the value.
+    spec = dataclasses.replace(
+        ATTRIBUTES["preprocess"],
+        modalities=frozenset({"IMAGE"}),
+        sides=frozenset({"decoder"}),
+        values=frozenset({"image_vqgan"}),
+        not_supported=None,
+    )
+    monkeypatch.setitem(ATTRIBUTES, "preprocess", spec)
+    plan = parse_instruction("[TEXT:t] -> [IMAGE,preprocess=image_vqgan]")
+    assert plan.templates[0].target_slot.attr("preprocess") == "image_vqgan"
+    instruction = "[TEXT:t] -> [IMAGE,preprocess=imagenet]"
+    with pytest.raises(InstructionError, match="preprocess=imagenet is not supported yet; supported: image_vqgan") as e:
+        parse_instruction(instruction)
+    assert e.value.position == instruction.index("imagenet")
+    with pytest.raises(InstructionError, match="'preprocess' does not apply to TEXT"):
+        parse_instruction("[TEXT:t] -> [TEXT:x,preprocess=image_vqgan]")
 
 
 def test_rename_and_check_columns():
