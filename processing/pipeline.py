@@ -25,11 +25,13 @@ Closed sets: a `closed_set` target decodes only among `candidates=[...]`, or the
 `processor.closed_sets[name]` when the instruction is a task name; with neither, the call is an error. `max_new_tokens`
 is raised, if needed, so that the longest candidate always fits.
 
-Batching (`batch_size=N`): rows are encoded one by one, then each batch is split by decoder-prefix length (rows whose
-forced decoder prefix differs in length, e.g. an SNLI-VE prompt echoing the hypothesis, cannot share a `generate`
-call) and every group is generated on its own. Generation arguments (`num_beams`, `max_new_tokens`, ...) can be given
-to `pipeline(...)` or per call; for a saved task name they default to the task's `processor.generation_defaults`
-(what `MultiTaskTrainer` evaluated it with). Rows are preprocessed in the main process (`num_workers` is not used).
+Batching (`batch_size=N`): rows are encoded one by one and every batch goes through the one answer path
+(`processing.answers.AnswerGenerator`): split by decoder-prefix length (rows whose forced decoder prefix differs in
+length, e.g. an SNLI-VE prompt echoing the hypothesis, cannot share a `generate` call), each group generated on its
+own. The instruction's first template is used unless `template=` says otherwise (OFASys's choice at inference).
+Generation arguments (`num_beams`, `max_new_tokens`, ...) can be given to `pipeline(...)` or per call; for a saved
+task name they default to the task's `processor.generation_defaults` (what `MultiTaskTrainer` evaluated it with).
+Rows are preprocessed in the main process (`num_workers` is not used).
 """
 
 from __future__ import annotations
@@ -39,11 +41,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, Pipeline
-from transformers.generation import LogitsProcessorList
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .closed_set import CandidateTrie, ClosedSetLogitsProcessor
-from .instruction import RepeatGroup, TaskPlan
+from .answers import AnswerGenerator
+from .instruction import TaskPlan
 from .processing_ofa import OFAProcessor
 
 __all__ = ["PIPELINE_TASK", "OFAInstructionPipeline"]
@@ -55,11 +56,10 @@ _GENERATION_KEYS = frozenset(k for k in vars(GenerationConfig()) if not k.starts
 
 @dataclasses.dataclass(frozen=True)
 class _Request:
-    """What one call decodes: the plan (one template), the task name if any, the closed set if any."""
+    """What one call decodes: the task name if any, and the answer path of its plan (one template, the closed set)."""
 
-    plan: TaskPlan
     task: str | None
-    candidates: tuple[str, ...] | None
+    answers: AnswerGenerator
 
 
 class OFAInstructionPipeline(Pipeline):
@@ -100,7 +100,7 @@ class OFAInstructionPipeline(Pipeline):
                 f"the {PIPELINE_TASK!r} pipeline needs an OFAProcessor, got {type(self.processor).__name__}; save one "
                 "next to the model (processor.save_pretrained) or pass processor=..."
             )
-        self._last_trie: tuple[tuple[str, ...], CandidateTrie, int] | None = None
+        self._last_request: tuple[tuple[Any, ...], _Request] | None = None  # reused across calls: its tries are built
 
     # -- calling ---------------------------------------------------------------------------------------------------
 
@@ -159,11 +159,12 @@ class OFAInstructionPipeline(Pipeline):
         instruction: str | TaskPlan | None = None,
         candidates: tuple[str, ...] | None = None,
         template: int = 0,
+        batch_size: int = 1,
     ) -> dict[str, Any]:
         if not isinstance(row, Mapping):
             raise TypeError(f"each input must be a row (a mapping of column -> value), got {type(row).__name__}")
-        request = self._request(instruction, candidates, template)
-        example = self.processor.encode(request.plan, row, with_targets=False, task=request.task)
+        request = self._request(instruction, candidates, template, batch_size)
+        (example,) = request.answers.encode([row], first_index=None)
         return {"examples": [example], "request": request}
 
     def _forward(self, model_inputs: dict[str, Any], generate_kwargs: Mapping[str, Any] | None = None) -> dict:
@@ -178,41 +179,17 @@ class OFAInstructionPipeline(Pipeline):
         generate_kwargs = dict(generate_kwargs or {})
         if request.task is not None:  # the settings the task was evaluated with, under the caller's own
             generate_kwargs = {**self.processor.generation_defaults.get(request.task, {}), **generate_kwargs}
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
-        per_row = generate_kwargs.get("num_return_sequences") or 1
-        sequences: list[list[list[int]] | None] = [None] * len(examples)
-        # Rows whose forced decoder prefix has one length share a generate() call.
-        groups: dict[int, list[int]] = {}
-        for i, example in enumerate(examples):
-            groups.setdefault(len(example["decoder_input_ids"]), []).append(i)
-        for indices in groups.values():
-            batch = self.processor.collate([examples[i] for i in indices]).to(self.device)
-            kwargs = dict(generate_kwargs)
-            if request.candidates is not None:
-                meta = examples[indices[0]]["meta"]
-                prefix_length, template = meta["prefix_length"], meta["template_index"]
-                trie, longest = self._trie(request, template, prefix_length)
-                if kwargs.get("max_new_tokens") is not None:  # never cut a candidate short
-                    kwargs["max_new_tokens"] = max(kwargs["max_new_tokens"], longest)
-                closed_set = ClosedSetLogitsProcessor(
-                    trie,
-                    eos_token_id=self.processor.vocab.eos_id,
-                    pad_token_id=self.processor.vocab.pad_id,
-                    prefix_length=prefix_length,
-                )
-                kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), closed_set])
-            rows = self.model.generate(**batch, **kwargs).tolist()  # (len(indices) * per_row, T)
-            for j, i in enumerate(indices):
-                sequences[i] = rows[j * per_row : (j + 1) * per_row]
-        return {"sequences": sequences, "metas": [ex["meta"] for ex in examples], "request": request}
+        answers = request.answers.generate_from_examples(
+            self.model,
+            examples,
+            generate_kwargs=self._prepare_generate_kwargs(generate_kwargs),
+            prepare_inputs=lambda batch: batch.to(self.device),
+        )
+        return {"answers": answers}
 
     def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
-        (sequences,), (meta,) = model_outputs["sequences"], model_outputs["metas"]
-        request: _Request = model_outputs["request"]
-        answers = self.processor.post_process_generation(
-            sequences, request.plan, [meta] * len(sequences), candidates=request.candidates
-        )
-        return answers[0] if len(answers) == 1 else answers
+        (answer,) = model_outputs["answers"]
+        return answer
 
     # -- batching: our own loop, since OFA batches are collated by the processor and split by prefix length -------
 
@@ -230,6 +207,7 @@ class OFAInstructionPipeline(Pipeline):
         return self._iterate(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
 
     def _iterate(self, inputs, batch_size, preprocess_params, forward_params, postprocess_params):
+        preprocess_params = {**preprocess_params, "batch_size": batch_size}
         chunk: list[dict[str, Any]] = []
         for row in inputs:
             chunk.append(self.preprocess(row, **preprocess_params))
@@ -244,14 +222,14 @@ class OFAInstructionPipeline(Pipeline):
         outputs = self.forward(
             {"examples": [item["examples"][0] for item in chunk], "request": request}, **forward_params
         )
-        for sequences, meta in zip(outputs["sequences"], outputs["metas"]):
-            yield self.postprocess(
-                {"sequences": [sequences], "metas": [meta], "request": request}, **postprocess_params
-            )
+        for answer in outputs["answers"]:
+            yield self.postprocess({"answers": [answer]}, **postprocess_params)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 
-    def _request(self, instruction: str | TaskPlan | None, candidates: tuple[str, ...] | None, template: int):
+    def _request(
+        self, instruction: str | TaskPlan | None, candidates: tuple[str, ...] | None, template: int, batch_size: int
+    ) -> _Request:
         processor: OFAProcessor = self.processor
         if instruction is None:
             if len(processor.task_instructions) != 1:
@@ -261,31 +239,13 @@ class OFAInstructionPipeline(Pipeline):
                 )
             instruction = next(iter(processor.task_instructions))
         task = instruction if isinstance(instruction, str) and instruction in processor.task_instructions else None
-        plan = processor.plan(instruction)
-        if isinstance(template, bool) or not isinstance(template, int) or not 0 <= template < len(plan.templates):
-            raise ValueError(f"template={template!r}: the instruction has {len(plan.templates)} template(s)")
-        plan = dataclasses.replace(plan, templates=(plan.templates[template],))
-        target = plan.templates[0].target_slot
-        if candidates is None and task is not None and task in processor.closed_sets:
-            candidates = tuple(processor.closed_sets[task])
-        if candidates is not None and not candidates:
-            raise ValueError("candidates is empty: a closed set needs at least one answer")
-        if candidates is None and target is not None and not isinstance(target, RepeatGroup) and target.closed_set:
-            raise ValueError(
-                f"the target of {plan.instruction!r} is a closed set but no candidates are known: pass candidates=[...]"
-                " or save them in processor.closed_sets under the task's name"
+        key = (instruction, candidates, template, batch_size)
+        if self._last_request is None or self._last_request[0] != key:
+            answers = AnswerGenerator(
+                processor, instruction, task=task, candidates=candidates, template=template, batch_size=batch_size
             )
-        return _Request(plan=plan, task=task, candidates=candidates)
-
-    def _trie(self, request: _Request, template: int, prefix_length: int) -> tuple[CandidateTrie, int]:
-        """The closed set's trie and its longest answer in tokens (`</s>` included), built once per closed set."""
-        key = (request.plan, request.candidates, template, prefix_length == 0)
-        if self._last_trie is None or self._last_trie[0] != key:
-            trie = self.processor.closed_set_trie(
-                request.candidates, request.plan, template_index=template, prefix_length=prefix_length
-            )
-            self._last_trie = (key, trie, max(len(sequence) for sequence in trie))
-        return self._last_trie[1], self._last_trie[2]
+            self._last_request = (key, _Request(task=task, answers=answers))
+        return self._last_request[1]
 
 
 PIPELINE_REGISTRY.register_pipeline(

@@ -18,6 +18,7 @@ target, `labels` is -100 per prefix token + target + `</s>`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -30,6 +31,7 @@ import numpy as np
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.dynamic_module_utils import get_relative_import_files
 
+from .answers import AnswerGenerator, target_kind
 from .audio import OFAAudioFeatureExtractor
 from .closed_set import CandidateTrie, ClosedSetLogitsProcessor
 from .collator import collate_examples
@@ -240,7 +242,9 @@ class OFAProcessor(ProcessorMixin):
         rows: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         *,
         images: Any = None,
-        text: str | Sequence[str] | None = None,
+        text: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        audio: Any = None,
+        videos: Any = None,
         split: str = "eval",
         seed: int = 0,
         task: str | None = None,
@@ -249,18 +253,34 @@ class OFAProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """Encode one row (a mapping) or a list of rows and collate them into model inputs.
 
-        Also the transformers processor call, `processor(images=..., text=...)`, as `pipeline("image-text-to-text")`
-        makes it: each prompt (with its image, if any) is encoded with `PROMPT_INSTRUCTIONS` (the prompt is the encoder
-        text, the answer free text). `return_tensors="pt"` and `padding` are accepted: batches are always padded
-        tensors.
+        Three forms:
+
+        - `processor(instruction, row_or_rows)`: the instruction (or a saved task name) and dataset rows.
+        - `processor(instruction, images=..., text=..., audio=..., videos=...)`: the standard keyword form, as
+          Florence-2's processor takes a task and its inputs. The keywords fill the encoder slots of the
+          instruction's first template by modality (`images` -> IMAGE, `audio` -> AUDIO, `videos` -> VIDEO, `text`
+          -> the TEXT / CATEGORY / PHONE slots in order). Each keyword is one value (one row) or a list with one
+          value per row; a row's `text` is a string, or a tuple of strings for several text slots.
+        - `processor(images=..., text=...)` without an instruction: the transformers processor call that
+          `pipeline("image-text-to-text")` makes: each prompt (with its image, if any) is encoded with
+          `PROMPT_INSTRUCTIONS` (the prompt is the encoder text, the answer free text).
+
+        `return_tensors="pt"` and `padding` are accepted: batches are always padded tensors.
         """
         unknown = sorted(set(kwargs) - {"return_tensors", "padding"})
         if unknown or kwargs.get("return_tensors") not in (None, "pt"):
             raise TypeError(f"OFAProcessor got unsupported arguments {unknown or kwargs}; batches are torch tensors")
-        if images is not None or text is not None:
-            if instruction is not None or rows is not None:
-                raise TypeError("pass an instruction and rows, or images= and text= (a prompt), not both")
-            instruction, rows = self._prompt_rows(images, text)
+        inputs = {"IMAGE": images, "AUDIO": audio, "VIDEO": videos, "TEXT": text}
+        if any(value is not None for value in inputs.values()):
+            if rows is not None:
+                raise TypeError("pass rows, or the inputs as images= / text= / audio= / videos=, not both")
+            if instruction is None:
+                if audio is not None or videos is not None:
+                    raise TypeError("audio= and videos= fill a task's slots: pass the instruction (or task name) too")
+                instruction, rows = self._prompt_rows(images, text)
+            else:
+                instruction = self._first_template(instruction)
+                rows = self._keyword_rows(instruction, inputs)
         elif instruction is None or rows is None:
             raise TypeError("OFAProcessor needs an instruction and rows: processor(instruction, row_or_rows)")
         plan = self.plan(instruction)
@@ -270,6 +290,54 @@ class OFAProcessor(ProcessorMixin):
             for i, row in enumerate(rows)
         ]
         return self.collate(examples)
+
+    def _first_template(self, instruction: str | TaskPlan) -> TaskPlan:
+        plan = self.plan(instruction)
+        return dataclasses.replace(plan, templates=plan.templates[:1])
+
+    @staticmethod
+    def _keyword_rows(plan: TaskPlan, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The rows of a keyword call (`images=`, `text=`, ...): the first template's encoder slots, by modality."""
+        keyword = {"IMAGE": "images", "AUDIO": "audio", "VIDEO": "videos", "TEXT": "text"}
+        text_like = ("TEXT", "CATEGORY", "PHONE")
+        slots: dict[str, list[str]] = {name: [] for name in keyword}
+        for slot in plan.templates[0].data_slots:
+            if not slot.is_source or any(slot.column in columns for columns in slots.values()):
+                continue
+            group = "TEXT" if slot.modality in text_like else slot.modality
+            if group not in keyword:
+                raise ValueError(
+                    f"the {slot.modality} slot {slot.column!r} of {plan.instruction!r} has no keyword input; pass "
+                    "rows (column -> value mappings) instead"
+                )
+            slots[group].append(slot.column)
+        per_row: dict[str, list[Any]] = {}
+        for group, value in inputs.items():
+            name = keyword[group]
+            if value is None:
+                if slots[group]:
+                    raise ValueError(f"{plan.instruction!r} reads {group} slots {slots[group]}: pass {name}=")
+                continue
+            if not slots[group]:
+                raise ValueError(f"{name}= was given but {plan.instruction!r} has no {group} slot")
+            if group == "TEXT":
+                values = [value] if isinstance(value, (str, tuple)) else list(value)
+            else:  # a list is a batch; [[item], ...] (one item per row, as pipelines pass them) is flattened
+                values = [v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v for v in _as_list(value)]
+            per_row[group] = values
+        sizes = {keyword[group]: len(values) for group, values in per_row.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the keyword inputs give different numbers of rows: {sizes}")
+        rows: list[dict[str, Any]] = [{} for _ in range(next(iter(sizes.values())))]
+        for group, values in per_row.items():
+            for index, (row, value) in enumerate(zip(rows, values)):
+                items = value if group == "TEXT" and isinstance(value, tuple) else (value,)
+                if len(items) != len(slots[group]):
+                    raise ValueError(
+                        f"row {index}: {len(items)} {keyword[group]} value(s) for the {group} slots {slots[group]}"
+                    )
+                row.update(zip(slots[group], items))
+        return rows
 
     @staticmethod
     def _prompt_rows(images: Any, text: str | Sequence[str] | None) -> tuple[str, list[dict[str, Any]]]:
@@ -452,6 +520,34 @@ class OFAProcessor(ProcessorMixin):
             trie, eos_token_id=self.vocab.eos_id, pad_token_id=self.vocab.pad_id, prefix_length=prefix_length
         )
 
+    def generate_answers(
+        self,
+        model: Any,
+        task_or_plan: TaskPlan | str,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        candidates: Iterable[str] | None = None,
+        template: int | None = 0,
+        batch_size: int = 8,
+        progress: bool = False,
+        **generate_kwargs: Any,
+    ) -> list[Any]:
+        """Typed answers of `rows` for a task (a saved name, an instruction or a plan), in row order.
+
+        The one answer path ([`processing.answers.AnswerGenerator`]): rows encoded without targets, grouped by
+        template and decoder prefix, a closed set constrained to `candidates` (default: the saved
+        `closed_sets[task]`), `generate` in batches of `batch_size`, post-processed (see `post_process_generation`).
+        A saved task's `generation_defaults` apply under `generate_kwargs`. `template=0` is OFASys's inference
+        choice (the first template); `None` draws each row's template as `encode` does.
+        """
+        task = task_or_plan if isinstance(task_or_plan, str) and task_or_plan in self.task_instructions else None
+        settings = {**self.generation_defaults.get(task, {}), **generate_kwargs} if task else dict(generate_kwargs)
+        generator = AnswerGenerator(
+            self, task_or_plan, task=task, candidates=candidates, template=template, batch_size=batch_size,
+            generate_kwargs=settings, progress=progress,
+        )  # fmt: skip
+        return generator.generate(model, rows)
+
     def post_process_generation(
         self,
         sequences: Any,
@@ -487,15 +583,16 @@ class OFAProcessor(ProcessorMixin):
         return [t for t in ids if t != self.vocab.pad_id]
 
     def _answer(self, ids: list[int], target, meta: Mapping[str, Any], candidates: set[str] | None):
-        if isinstance(target, RepeatGroup):
+        kind = target_kind(target)  # the answer's keys, per `TARGET_KINDS`
+        if kind == "objects":
             return {"objects": self._objects(ids, meta)}
-        if target.modality == "BOX":
+        if kind == "box":
             bins = [t - self.vocab.bin_offset for t in ids if self.vocab.is_bin(t)][:4]
             return {"box": self._bins_to_box(bins, meta) if len(bins) == 4 else None}
-        if target.modality == "IMAGE_CODE":
+        if kind == "codes":
             return {"codes": [t - self.vocab.code_offset for t in ids if self.vocab.is_code(t)]}
         text = self.text.decode([t for t in ids if not (self.vocab.is_bin(t) or self.vocab.is_code(t))])
-        if target.closed_set or target.modality == "CATEGORY":
+        if kind == "label":
             return {"label": text, "in_set": None if candidates is None else text in candidates}
         return {"text": text}
 

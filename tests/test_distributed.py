@@ -87,7 +87,7 @@ args = Seq2SeqTrainingArguments(
 trainer = Recording(model=model, args=args, tasks=tasks, processor=processor)
 trainer.train(resume_from_checkpoint=config.get("resume"))
 metrics = trainer.evaluate()
-predictions = trainer.predict("color").predictions
+predictions = trainer.predict(task="color").predictions
 weights = [float(p.detach().double().sum()) for p in trainer.model.parameters()]
 result = {"metrics": metrics, "predictions": predictions, "weights": weights, "world_size": args.world_size}
 if config.get("resume_from"):

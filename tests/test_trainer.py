@@ -294,14 +294,14 @@ def test_evaluate_reports_every_task(processor, tasks, tmp_path):
 
 def test_closed_set_answers_never_leave_the_set(processor, tasks, tmp_path):
     trainer = MultiTaskTrainer(model=tiny_model(processor), args=arguments(tmp_path), tasks=tasks, processor=processor)
-    answers = trainer.predict("color").predictions
+    answers = trainer.predict(task="color").predictions
     assert len(answers) == 7 and all(a["in_set"] and a["label"] in COLORS for a in answers)
     # With a teacher-forced decoder prompt before the answer (the SNLI-VE layout) the trie starts after the prompt.
     prompted = Task(
         "prompted", 'is " [TEXT:text] " red? -> is " [TEXT:text,no_loss] " red? [TEXT:color,closed_set]',
         candidates=["yes", "no"], num_beams=2,
     )  # fmt: skip
-    assert {a["label"] for a in trainer.predict(prompted, shape_rows(3)).predictions} <= {"yes", "no"}
+    assert {a["label"] for a in trainer.predict(shape_rows(3), task=prompted).predictions} <= {"yes", "no"}
     # Without the trie the untrained model says something else.
     batch = processor(COLOR, [{"text": row["text"]} for row in shape_rows(7)])
     free = processor.post_process_generation(trainer.model.generate(**batch, max_new_tokens=4), COLOR)
@@ -332,7 +332,7 @@ def test_metrics_on_known_answers(processor, color_data, tmp_path):
     trainer = MultiTaskTrainer(
         model=tiny_model(processor), args=arguments(tmp_path), tasks=[grounding], processor=processor
     )
-    output = trainer.predict("ground", logits_processor=[WholeImage()], num_beams=1)
+    output = trainer.predict(task="ground", logits_processor=[WholeImage()], num_beams=1)
     assert output.predictions == [{"box": [0.0, 0.0, 20.0, 10.0]}] * 3
     assert output.metrics["test_ground_iou_accuracy"] == 1.0 and output.label_ids == [[0.0, 0.0, 20.0, 10.0]] * 3
 
@@ -340,18 +340,18 @@ def test_metrics_on_known_answers(processor, color_data, tmp_path):
 def test_predict(processor, tasks, tmp_path):
     trainer = MultiTaskTrainer(model=tiny_model(processor), args=arguments(tmp_path), tasks=tasks, processor=processor)
     inputs_only = [{"text": "a red circle"}, {"text": "a blue square"}]
-    output = trainer.predict("color", inputs_only)  # no "color" column: answers without references or metrics
+    output = trainer.predict(inputs_only, task="color")  # no "color" column: answers without references or metrics
     assert len(output.predictions) == 2 and all(set(a) == {"label", "in_set"} for a in output.predictions)
     assert output.label_ids is None and not any(key.endswith("accuracy") for key in output.metrics)
-    texts = trainer.predict("copy", inputs_only)  # the copy task's target is its input column
+    texts = trainer.predict(inputs_only, task="copy")  # the copy task's target is its input column
     assert all(set(a) == {"text"} for a in texts.predictions) and texts.label_ids == ["a red circle", "a blue square"]
     assert "test_copy_exact_match" in texts.metrics
     other = Task("shape", 'which shape is " [TEXT:text] "? -> [TEXT:shape,closed_set]', candidates=SHAPES)
-    assert all(a["label"] in SHAPES for a in trainer.predict(other, inputs_only).predictions)
+    assert all(a["label"] in SHAPES for a in trainer.predict(inputs_only, task=other).predictions)
     with pytest.raises(KeyError, match="no task 'nope'"):
-        trainer.predict("nope", inputs_only)
+        trainer.predict(inputs_only, task="nope")
     with pytest.raises(InstructionError, match="'text'"):
-        trainer.predict("copy", [{"sentence": "a"}])
+        trainer.predict([{"sentence": "a"}], task="copy")
 
 
 def test_saved_model_carries_the_tasks(processor, tasks, tmp_path):

@@ -44,7 +44,8 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from transformers.dynamic_module_utils import get_relative_imports
 
 from modeling_ofa import OFAConfig, OFAPreTrainedModel
-from processing.instruction import RepeatGroup, Slot, Template, parse_instruction
+from processing.answers import target_kind
+from processing.instruction import Slot, Template, parse_instruction
 
 __all__ = [
     "HUB_PIPELINE_TAGS",
@@ -149,13 +150,13 @@ _USAGE_HEADING = "## Usage"
 # Tasks: kinds and pipeline tags
 
 
-def _target_kind(template: Template) -> str:
-    target = template.target_slot
-    if isinstance(target, RepeatGroup):
-        return "objects"
-    if target is None:
+def _tag_kind(template: Template) -> str:
+    """The template's target kind (`processing.answers.TARGET_KINDS`) as the Hub tags see it: a closed-set label is
+    generated text there."""
+    if template.target_slot is None:
         raise ValueError(f"the instruction {template.text!r} has no target slot after '->'")
-    return {"BOX": "box", "IMAGE_CODE": "codes"}.get(target.modality, "text")
+    kind = target_kind(template.target_slot)
+    return "text" if kind == "label" else kind
 
 
 def _source_slots(template: Template) -> list[Slot]:
@@ -175,7 +176,7 @@ def _main_input(template: Template) -> str:
 def task_pipeline_tag(instruction: str) -> str:
     """The Hub pipeline tag of one task (from its first template): e.g. `image-text-to-text` for captioning."""
     template = parse_instruction(instruction).templates[0]
-    return _TASK_PIPELINE_TAGS.get((_main_input(template), _target_kind(template)), "any-to-any")
+    return _TASK_PIPELINE_TAGS.get((_main_input(template), _tag_kind(template)), "any-to-any")
 
 
 def _modality_tags(tasks: Mapping[str, str]) -> list[str]:

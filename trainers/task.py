@@ -19,26 +19,19 @@ text.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from processing import ExampleError, RepeatGroup, Slot, TaskPlan, parse_instruction, undecoded_audio
+from processing import ExampleError, Slot, TaskPlan, parse_instruction, undecoded_audio
+from processing.answers import TARGET_KINDS, plan_target_kind
 
 from .data import check_dataset, column_names, dataset_size, is_streaming
 from .metrics import METRIC_ALIASES, METRICS, metric_function_name
 
-__all__ = ["DEFAULT_METRICS", "GENERATION_DEFAULTS", "TARGET_KINDS", "Task"]
-
-TARGET_KINDS: dict[str, str] = {
-    "text": "free text (TEXT, STRUCT, PHONE targets); answers {'text': str}",
-    "label": "one label of a closed set (closed_set or CATEGORY targets); answers {'label': str, 'in_set': bool}",
-    "box": "one box in original-image pixels (BOX target); answers {'box': [x0, y0, x1, y1] | None}",
-    "objects": "boxes with labels (a repeated ( [BOX] [TEXT] )* group); answers {'objects': [{'box', 'label'}]}",
-    "codes": "image codes (IMAGE_CODE target); answers {'codes': [int]}",
-}
-"""What a task's target slot produces."""
+__all__ = ["DEFAULT_METRICS", "GENERATION_DEFAULTS", "TARGET_KINDS", "Task", "processor_with_tasks"]
 
 # Reference types of `trainers.metrics.METRICS` that make sense for each kind of target.
 _METRIC_REFERENCES: dict[str, frozenset[str]] = {
@@ -73,20 +66,6 @@ arguments of `evaluate`/`predict` override them."""
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ON_ERROR = ("raise", "skip")
-
-
-def _target_kind(target: Any) -> str:
-    if target is None:
-        raise ValueError("the instruction has no target slot after '->'")
-    if isinstance(target, RepeatGroup):
-        return "objects"
-    if target.modality == "BOX":
-        return "box"
-    if target.modality == "IMAGE_CODE":
-        return "codes"
-    if target.closed_set or target.modality == "CATEGORY":
-        return "label"
-    return "text"
 
 
 def _as_box(value: Any, where: str) -> list[float]:
@@ -172,10 +151,10 @@ class Task:
             except ValueError as error:
                 raise ValueError(f"{where}: column_mapping: {error}") from error
         self.plan = plan
-        kinds = {_target_kind(template.target_slot) for template in plan.templates}
-        if len(kinds) > 1:
-            raise ValueError(f"{where}: the templates of {plan.instruction!r} have different kinds of target {kinds}")
-        self.target_kind: str = kinds.pop()
+        try:
+            self.target_kind: str = plan_target_kind(plan)  # one of TARGET_KINDS
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
         self.closed_set = any(isinstance(t.target_slot, Slot) and t.target_slot.closed_set for t in plan.templates)
 
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
@@ -407,3 +386,22 @@ class Task:
             f"Task({self.name!r}, {self.instruction!r}, target={self.target_kind}, train={train}, eval={evaluation}, "
             f"weight={self.weight}, metrics={[*self.metrics, *self.metric_functions]})"
         )
+
+
+def processor_with_tasks(processor: Any, tasks: Sequence[Task], generation_base: Mapping[str, Any] | None = None):
+    """A copy of `processor` that carries `tasks`: each task's instruction, closed set and the scalar `generate()`
+    settings it is evaluated with, in the config fields `save_pretrained` writes (`task_instructions`, `closed_sets`,
+    `generation_defaults`), so a saved model carries the tasks it was trained on and the pipeline, `predict.py` and
+    the Hub card read them back. The processor given is left as it is."""
+    out = copy.copy(processor)
+    out.task_instructions = {**processor.task_instructions}
+    out.closed_sets = {name: list(values) for name, values in processor.closed_sets.items()}
+    out.generation_defaults = {name: dict(values) for name, values in processor.generation_defaults.items()}
+    for task in tasks:
+        out.task_instructions[task.name] = task.instruction
+        if task.closed_set:
+            out.closed_sets[task.name] = task.candidates()
+        # Only values a JSON config can hold (a logits processor in generation_kwargs stays with the Task).
+        kwargs = task.generate_kwargs(generation_base)
+        out.generation_defaults[task.name] = {k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str))}
+    return out
