@@ -4,10 +4,14 @@ A clip is an array of shape `(T, J, C)` (T frames, J joints, C = 2 or 3 coordina
 The steps, in order:
 
 1. Validation: a numeric array of the right rank, at least one frame and one joint, no NaN or inf.
-2. Temporal subsampling: keep every `frame_stride`-th frame starting at frame 0 (OFASys's `sample_rate` attribute does
-   the same with a random start during training; here it is deterministic).
-3. Truncation to `max_length` output steps (`max_length * frames_per_token` frames), before any statistics, so
-   normalization describes the frames the model sees.
+2. Temporal subsampling: keep every `frame_stride`-th frame starting at frame 0. A call's `sample_rate=N` (OFASys's
+   motion attribute of that name) then keeps every N-th of those frames, from a phase drawn from `rng` (phase 0
+   without one).
+3. Cropping, before any statistics, so normalization describes the frames the model sees. A call's `soft_trim=p`
+   (OFASys) trims both ends by Poisson margins of mean `p * T / 2` frames each, redrawn until at least `min_length`
+   steps are left; `window=True` (OFASys) then crops a window of `min_length..max_length` steps (its length uniform,
+   its start uniform). Without `rng` both are deterministic: margins of `p * T / 2` and the centred longest window.
+   Otherwise the clip is truncated to `max_length` output steps (`max_length * frames_per_token` frames).
 4. Root-relative coordinates (`root_relative=True`): joint 0 is subtracted from every joint in every frame. With
    `keep_root_trajectory=True` (default) joint 0's slot, which would otherwise be all zeros, holds the root's
    displacement from its position in the first kept frame, so the global trajectory is not lost.
@@ -38,6 +42,8 @@ __all__ = ["MotionPreprocessor"]
 
 # Below this the clip is treated as constant (no spread to scale by); dividing by it would only amplify noise.
 _MIN_STD = 1e-8
+# `soft_trim` redraws its margins until enough frames are left (as OFASys does); past this many draws it keeps the clip.
+_MAX_TRIM_DRAWS = 100
 _SCALES = ("clip", "global", "none")
 
 
@@ -141,6 +147,10 @@ class MotionPreprocessor:
         *,
         max_length: int | None = None,
         min_length: int | None = None,
+        sample_rate: int | None = None,
+        soft_trim: float | None = None,
+        window: bool = False,
+        rng: np.random.Generator | None = None,
         where: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Preprocess one clip.
@@ -149,6 +159,14 @@ class MotionPreprocessor:
             motion: Array-like (numpy, torch or nested lists) of shape `(T, J, C)` or `(T, J * C)`.
             max_length (`int`, *optional*): Overrides `self.max_length` (output steps) for this call.
             min_length (`int`, *optional*): Overrides `self.min_length` (output steps) for this call.
+            sample_rate (`int`, *optional*): Keep every `sample_rate`-th frame (after `frame_stride`), from a random
+                phase when `rng` is given, else from frame 0.
+            soft_trim (`float`, *optional*): In (0, 1): trim random margins of mean `soft_trim * T / 2` frames from
+                both ends, leaving at least `min_length` steps (fixed margins of that mean without `rng`).
+            window (`bool`, *optional*, defaults to `False`): Crop a window of `min_length..max_length` steps at a
+                random start (the centred `max_length` steps without `rng`), instead of truncating to `max_length`.
+            rng (`np.random.Generator`, *optional*): The random stream of the sampling options; `None` makes them
+                deterministic (evaluation).
             where (`str`, *optional*): Location for error messages, e.g. `"row 3, column 'motion'"`.
 
         Returns:
@@ -162,8 +180,7 @@ class MotionPreprocessor:
         frames = self._as_frames(motion, where)
 
         frames = frames[:: self.frame_stride]
-        if max_length is not None:
-            frames = frames[: max_length * self.frames_per_token]
+        frames = self._sample(frames, max_length, min_length, sample_rate, soft_trim, window, rng)
 
         if self.root_relative:
             root = frames[:, :1, :]
@@ -202,6 +219,43 @@ class MotionPreprocessor:
             features = np.concatenate([features, np.zeros((min_length - num_steps, features.shape[1]))], axis=0)
             mask = np.concatenate([mask, np.zeros(min_length - num_steps, dtype=np.int32)])
         return {"motion_features": features.astype(np.float32), "motion_mask": mask}
+
+    def _sample(
+        self,
+        frames: np.ndarray,
+        max_length: int | None,
+        min_length: int,
+        sample_rate: int | None,
+        soft_trim: float | None,
+        window: bool,
+        rng: np.random.Generator | None,
+    ) -> np.ndarray:
+        """Steps 2 (`sample_rate`) and 3 (cropping) on the `(T, J, C)` frames left after `frame_stride`."""
+        if sample_rate is not None and not _is_positive_int(sample_rate):
+            raise ValueError(f"sample_rate must be a positive integer or None, got {sample_rate!r}")
+        if soft_trim is not None and (isinstance(soft_trim, bool) or not 0.0 < soft_trim < 1.0):
+            raise ValueError(f"soft_trim must be a number in (0, 1) or None, got {soft_trim!r}")
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy Generator or None, got {type(rng).__name__}")
+        if sample_rate is not None and sample_rate > 1:
+            phase = int(rng.integers(sample_rate)) if rng is not None else 0
+            frames = frames[phase::sample_rate]
+        step = self.frames_per_token
+        least = min_length * step  # frames needed for min_length output steps
+        most = None if max_length is None else max_length * step
+        low, high = 0, len(frames)
+        if soft_trim is not None and high > least:
+            low, high = _trim_margins(high, least, soft_trim, rng)
+        if window:
+            span = high - low
+            longest = span if most is None else min(most, span)
+            shortest = min(least, longest)
+            size = int(rng.integers(shortest, longest + 1)) if rng is not None else longest
+            start = int(rng.integers(span - size + 1)) if rng is not None else (span - size) // 2
+            low, high = low + start, low + start + size
+        elif most is not None:
+            high = min(high, low + most)
+        return frames[low:high]
 
     def collate(
         self, items: Sequence[Mapping[str, Any]], return_tensors: str | None = None
@@ -276,6 +330,21 @@ class MotionPreprocessor:
                 f"{int(bad_frames[0])}"
             )
         return array
+
+
+def _trim_margins(num_frames: int, least: int, ratio: float, rng: np.random.Generator | None) -> tuple[int, int]:
+    """`(low, high)` of a clip of `num_frames` trimmed at both ends by margins of mean `ratio * num_frames / 2`, keeping
+    at least `least` frames: Poisson margins redrawn until enough is left (OFASys's `soft_trim`), or without `rng` the
+    mean margins, reduced as far as `least` needs."""
+    mean = ratio * num_frames / 2
+    if rng is None:
+        margin = min(int(mean), (num_frames - least) // 2)
+        return margin, num_frames - margin
+    for _ in range(_MAX_TRIM_DRAWS):
+        low, high = int(rng.poisson(mean)), num_frames - int(rng.poisson(mean))
+        if high - low >= least:
+            return low, high
+    return 0, num_frames
 
 
 def _is_positive_int(value: Any) -> bool:
