@@ -2,8 +2,10 @@
 
 This is the transform OFA's finetuning datasets apply: `RandomResize([S], max_size=S)` sets the shorter side to S and
 caps the longer side at S, so every image becomes S x S and the aspect ratio is not kept. Pixels are then normalized
-with mean = std = 0.5. The original `(height, width)` of each image is returned too, so that predicted boxes can be
-mapped back to the original pixels.
+with mean = std = 0.5. `OFAImageProcessor` is a transformers `PilBackend` image processor (the torchvision-free
+backend) configured by class attributes, as SigLIP's is; what it adds is `load_image` (paths, bytes, `datasets` dicts,
+with errors that say where the value came from) and the original `(height, width)` of each image, so that predicted
+boxes can be mapped back to the original pixels.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ import numpy as np
 import PIL.Image
 import PIL.ImageFile
 import torch
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import (
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 __all__ = ["OFAImageProcessor", "load_image"]
@@ -165,7 +174,7 @@ def _is_single_image(images: Any) -> bool:
     return not isinstance(images, (list, tuple))
 
 
-class OFAImageProcessor(BaseImageProcessor):
+class OFAImageProcessor(PilBackend):
     r"""
     Image processor for OFA: resize to a fixed `size` with bicubic resampling (aspect ratio not kept), rescale to
     [0, 1], normalize with mean = std = 0.5 to [-1, 1].
@@ -193,44 +202,41 @@ class OFAImageProcessor(BaseImageProcessor):
     (height, width) of each input before resizing.
     """
 
-    model_input_names = ["pixel_values"]
     resample = PILImageResampling.BICUBIC
     size = {"height": 384, "width": 384}
     do_resize = True
     do_rescale = True
-    rescale_factor = 1 / 255
     do_normalize = True
-    image_mean = [0.5, 0.5, 0.5]
-    image_std = [0.5, 0.5, 0.5]
+    # OFA normalizes with mean = std = 0.5 (to [-1, 1]), which is transformers' "ImageNet standard" pair.
+    image_mean = IMAGENET_STANDARD_MEAN
+    image_std = IMAGENET_STANDARD_STD
     do_convert_rgb = True
     return_tensors = "pt"
 
     def __init__(self, **kwargs: Unpack[ImagesKwargs]):
         super().__init__(**kwargs)
-        self._set_attributes(**kwargs)
-        self._check_options(**{key: getattr(self, key) for key in self._valid_kwargs_names})
+        # Refuse options OFA has no use for when the processor is built, not at the first call.
+        self._validate_preprocess_kwargs(**{key: getattr(self, key) for key in self._valid_kwargs_names})
 
-    @property
-    def backend(self) -> str:
-        """`str`: the backend doing the pixel work (Pillow resize, then a vectorized torch normalize)."""
-        return "pil"
-
-    @staticmethod
-    def _check_options(
+    def _validate_preprocess_kwargs(
+        self,
         size: SizeDict | None = None,
         do_center_crop: bool | None = None,
         do_pad: bool | None = None,
         do_convert_rgb: bool | None = None,
+        return_tensors: str | None = None,
         **kwargs: Any,
     ) -> None:
+        super()._validate_preprocess_kwargs(size=size, do_center_crop=do_center_crop, **kwargs)
         if size is not None and not (size.height and size.width):
             raise ValueError(f"OFAImageProcessor resizes to a fixed height and width; got size={dict(size)}.")
-        unsupported = {"do_center_crop": do_center_crop, "do_pad": do_pad}
-        turned_on = [name for name, value in unsupported.items() if value]
+        turned_on = [name for name, value in {"do_center_crop": do_center_crop, "do_pad": do_pad}.items() if value]
         if turned_on:
             raise ValueError(f"OFAImageProcessor does not support {turned_on}; OFA only resizes and normalizes.")
         if do_convert_rgb is False:
             raise ValueError("OFAImageProcessor always converts to RGB (the ResNet stem takes 3 channels).")
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
 
     def preprocess(self, images: Any, *args: Any, where: str | None = None, **kwargs: Unpack[ImagesKwargs]):
         """Preprocess one image or a batch of images; `where` names the data source in error messages."""
@@ -242,63 +248,31 @@ class OFAImageProcessor(BaseImageProcessor):
         where: str | None = None,
         input_data_format: str | ChannelDimension | None = None,
         **kwargs: Any,
-    ) -> PIL.Image.Image:
-        """Turn one raw input into an RGB PIL image (this backend's working format)."""
-        return load_image(image, where=where, input_data_format=input_data_format)
+    ) -> np.ndarray:
+        """Turn one raw input into this backend's working format, a (3, H, W) uint8 array."""
+        # `load_image` reads every input kind OFA accepts and already converts to RGB.
+        rgb = load_image(image, where=where, input_data_format=input_data_format)
+        return super().process_image(rgb, do_convert_rgb=False)
 
-    def _preprocess_image_like_inputs(
-        self,
-        images: Any,
-        *args: Any,
-        where: str | None = None,
-        input_data_format: str | ChannelDimension | None = None,
-        **kwargs: Any,
-    ) -> BatchFeature:
-        self._check_options(**kwargs)
+    def _prepare_image_like_inputs(
+        self, images: Any, *args: Any, where: str | None = None, **kwargs: Any
+    ) -> list[np.ndarray]:
+        # The base class would fetch URL strings and accept only decoded images; OFA reads paths, bytes and
+        # `datasets` dicts too, and names the failing item of a batch in the error.
         items = [images] if _is_single_image(images) else list(images)
         if not items:
             raise ValueError(f"OFAImageProcessor got no images{_context(where)}.")
-        loaded = []
-        for index, item in enumerate(items):
-            item_where = where if len(items) == 1 else ", ".join(filter(None, [where, f"image {index}"]))
-            loaded.append(self.process_image(item, where=item_where, input_data_format=input_data_format))
-        batch = self._preprocess(loaded, **kwargs)
-        original = torch.tensor([[img.height, img.width] for img in loaded], dtype=torch.long)
-        batch["original_sizes"] = original if isinstance(batch["pixel_values"], torch.Tensor) else original.numpy()
-        return batch
+        wheres = (
+            [where] if len(items) == 1 else [", ".join(filter(None, [where, f"image {i}"])) for i in range(len(items))]
+        )
+        return [self.process_image(item, *args, where=at, **kwargs) for item, at in zip(items, wheres)]
 
-    def _preprocess(
-        self,
-        images: list[PIL.Image.Image],
-        do_resize: bool,
-        size: SizeDict,
-        resample: PILImageResampling | int | None,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean: float | tuple[float, ...],
-        image_std: float | tuple[float, ...],
-        return_tensors: str | None,
-        **kwargs: Any,
-    ) -> BatchFeature:
-        if do_resize:
-            target = (size.width, size.height)
-            images = [img if img.size == target else img.resize(target, resample=resample) for img in images]
-        shapes = {img.size for img in images}
+    def _preprocess(self, images: list[np.ndarray], return_tensors: str | None, **kwargs: Any) -> BatchFeature:
+        # The images arrive as loaded, before any resize: their sizes are what boxes are mapped back to.
+        original_sizes = np.array([image.shape[-2:] for image in images], dtype=np.int64)  # (B, 2) as (H, W)
+        pixel_values = super()._preprocess(images, return_tensors=None, **kwargs)["pixel_values"]
+        shapes = {image.shape[-2:] for image in pixel_values}
         if len(shapes) > 1:
             raise ValueError(f"Cannot batch images of different sizes {sorted(shapes)} with do_resize=False.")
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
-        # One vectorized pass over the batch: the uint8 channels-first copy is cheap, then a fused in-place
-        # multiply-add does rescale and normalize together (about twice as fast as the same thing in numpy).
-        scale = torch.full((3,), rescale_factor if do_rescale else 1.0, dtype=torch.float32)
-        offset = torch.zeros(3, dtype=torch.float32)
-        if do_normalize:
-            mean = torch.as_tensor(image_mean, dtype=torch.float32).expand(3)
-            std = torch.as_tensor(image_std, dtype=torch.float32).expand(3)
-            scale, offset = scale / std, -mean / std
-        pixels = torch.from_numpy(np.stack([np.asarray(img) for img in images]))  # (B, H, W, 3) uint8
-        pixels = pixels.permute(0, 3, 1, 2).contiguous().float()  # (B, 3, H, W)
-        pixels.mul_(scale.view(1, 3, 1, 1)).add_(offset.view(1, 3, 1, 1))
-        values = pixels if return_tensors in (None, "pt") else pixels.numpy()
-        return BatchFeature(data={"pixel_values": values})
+        data = {"pixel_values": np.stack(pixel_values), "original_sizes": original_sizes}  # (B, 3, H, W), (B, 2)
+        return BatchFeature(data=data, tensor_type=return_tensors or "pt")
