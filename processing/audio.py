@@ -6,7 +6,9 @@ power floored at float32 epsilon, waveform on the 16-bit integer scale), followe
 S2T data config. That config lives on OFASys's object store and is not in the public repository; the fairseq
 speech-to-text recipes it comes from apply utterance-level cepstral mean and variance normalization (CMVN) at both
 train and eval time (plus SpecAugment at train time, which is an augmentation and not done here). So utterance CMVN
-is on by default (`do_normalize=True`) and can be switched off.
+is on by default (`do_normalize=True`) and can be switched off. This is the recipe of transformers'
+`Speech2TextFeatureExtractor`, which `OFAAudioFeatureExtractor` extends: frame sizes and mel range read from its
+config, the waveform kept in float64 up to the fbank, and the clips decoded, mixed down to mono and resampled first.
 
 Inputs may be 1-D float arrays (numpy, torch, or lists of floats) in [-1, 1], the decoded dicts that
 `datasets.Audio` yields (`{"array": ..., "sampling_rate": ...}`), the undecoded ones of `Audio(decode=False)`
@@ -32,8 +34,8 @@ from typing import Any
 
 import numpy as np
 from transformers.audio_utils import mel_filter_bank, optimal_fft_length, spectrogram, window_function
-from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.models.speech_to_text import Speech2TextFeatureExtractor
 from transformers.utils import PaddingStrategy, TensorType, is_torch_tensor, logging
 
 __all__ = ["OFAAudioFeatureExtractor", "decode_audio", "resample_waveform", "undecoded_audio"]
@@ -164,8 +166,14 @@ def _as_sampling_rate(value: Any, what: str) -> int:
     return int(value)
 
 
-class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
-    r"""Constructs an OFA audio feature extractor (Kaldi-style log-mel filterbanks with utterance CMVN).
+def _alias(name: str) -> property:
+    """A property that reads and writes the attribute `name`."""
+    return property(lambda self: getattr(self, name), lambda self, value: setattr(self, name, value), doc=name)
+
+
+class OFAAudioFeatureExtractor(Speech2TextFeatureExtractor):
+    r"""Constructs an OFA audio feature extractor: `Speech2TextFeatureExtractor`'s Kaldi fbank and utterance CMVN,
+    plus decoding, mono down-mixing and resampling of the clips, and errors that say which clip is wrong.
 
     Each clip becomes `num_frames = 1 + (num_samples - win_length) // hop_length` frames of `feature_size` log-mel
     energies (Kaldi's `snip_edges=True` framing: no frame hangs over the end). A clip shorter than one window is an
@@ -197,6 +205,8 @@ class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
             Apply utterance-level CMVN: subtract each bin's mean over the clip's frames.
         normalize_variance (`bool`, *optional*, defaults to `True`):
             With `do_normalize`, also divide each bin by its standard deviation over the clip (floored at 1e-5).
+        normalize_means (`bool`, *optional*, defaults to `True`):
+            With `do_normalize`, subtract each bin's mean (Speech2Text's switch; `False` only scales).
         resample (`bool`, *optional*, defaults to `True`):
             Resample clips whose sampling rate differs from `sampling_rate`; if `False` such clips are an error.
         return_attention_mask (`bool`, *optional*, defaults to `True`):
@@ -204,6 +214,10 @@ class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
     """
 
     model_input_names = ["input_features", "attention_mask"]
+    # Speech2Text's names for three OFA settings (its `__init__` and `normalize` use them); a config stores OFA's.
+    num_mel_bins = _alias("feature_size")
+    do_ceptral_normalize = _alias("do_normalize")
+    normalize_vars = _alias("normalize_variance")
 
     def __init__(
         self,
@@ -223,13 +237,6 @@ class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
         return_attention_mask: bool = True,
         **kwargs,
     ):
-        super().__init__(
-            feature_size=feature_size,
-            sampling_rate=sampling_rate,
-            padding_value=padding_value,
-            return_attention_mask=return_attention_mask,
-            **kwargs,
-        )
         if win_length <= 0 or hop_length <= 0:
             raise ValueError(f"win_length and hop_length must be positive, got {win_length} and {hop_length}")
         n_fft = optimal_fft_length(win_length) if n_fft is None else n_fft
@@ -241,15 +248,27 @@ class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
                 f"Need 0 <= min_frequency < max_frequency <= sampling_rate / 2, got min_frequency={min_frequency}, "
                 f"max_frequency={max_frequency}, sampling_rate={sampling_rate}"
             )
+        # Speech2Text's names are views of OFA's settings (`_alias`): read the OFA names, which a config stores.
+        for alias in ("num_mel_bins", "do_ceptral_normalize", "normalize_vars"):
+            kwargs.pop(alias, None)
+        super().__init__(
+            feature_size=feature_size,
+            sampling_rate=sampling_rate,
+            num_mel_bins=feature_size,
+            padding_value=padding_value,
+            dither=dither,
+            do_ceptral_normalize=do_normalize,
+            normalize_vars=normalize_variance,
+            **kwargs,
+        )
+        # Speech2Text always returns the mask; OFA's config can switch it off.
+        self.return_attention_mask = return_attention_mask
         self.win_length = win_length
         self.hop_length = hop_length
         self.n_fft = n_fft
         self.preemphasis = preemphasis
-        self.dither = dither
         self.min_frequency = min_frequency
         self.max_frequency = max_frequency
-        self.do_normalize = do_normalize
-        self.normalize_variance = normalize_variance
         self.resample = resample
         # `mel_filters` and `window` are the two names FeatureExtractionMixin.to_dict leaves out of the saved config.
         self.mel_filters = mel_filter_bank(
@@ -270,10 +289,14 @@ class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
             return 0
         return 1 + (num_samples - self.win_length) // self.hop_length
 
-    def _extract_fbank(self, waveform: np.ndarray) -> np.ndarray:
-        """Kaldi-style log-mel fbank of one mono waveform in [-1, 1]; returns (num_frames, feature_size) float32."""
-        features = spectrogram(
-            waveform * _INT16_SCALE,
+    def _extract_fbank_features(self, waveform: np.ndarray) -> np.ndarray:
+        """Kaldi-style log-mel fbank of one mono waveform in [-1, 1]; returns (num_frames, feature_size) float64.
+
+        Speech2Text's own version fixes the frame sizes and switches to torchaudio when that is installed; this one
+        reads the configured window, hop, FFT size and mel range, and gives the same features with or without it.
+        """
+        return spectrogram(
+            waveform.astype(np.float64) * _INT16_SCALE,
             self.window,
             frame_length=self.win_length,
             hop_length=self.hop_length,
@@ -288,11 +311,24 @@ class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
             remove_dc_offset=True,
             dtype=np.float64,
         ).T
-        if self.do_normalize:
-            features = features - features.mean(axis=0, keepdims=True)
-            if self.normalize_variance:
-                features = features / np.maximum(features.std(axis=0, keepdims=True), _CMVN_STD_FLOOR)
-        return features.astype(np.float32)
+
+    @staticmethod
+    def utterance_cmvn(
+        x: np.ndarray,
+        input_length: int,
+        normalize_means: bool | None = True,
+        normalize_vars: bool | None = True,
+        padding_value: float = 0.0,
+    ) -> np.ndarray:
+        """Speech2Text's utterance CMVN over the first `input_length` frames, with fairseq's floor on the standard
+        deviation, so that a constant bin (e.g. a silent clip) becomes 0 and not NaN."""
+        x = x.astype(np.float64)
+        if normalize_means:
+            x = x - x[:input_length].mean(axis=0)
+        if normalize_vars:
+            x = x / np.maximum(x[:input_length].std(axis=0), _CMVN_STD_FLOOR)
+        x[input_length:] = padding_value
+        return x.astype(np.float32)
 
     def _to_mono_waveform(self, clip: Any, sampling_rate: int | None, resample: bool, where: str) -> np.ndarray:
         """Validate one clip and return it as a 1-D float64 waveform at `self.sampling_rate`."""
@@ -436,26 +472,32 @@ class OFAAudioFeatureExtractor(SequenceFeatureExtractor):
             sampling_rate = _as_sampling_rate(sampling_rate, "sampling_rate")
         resample = self.resample if resample is None else resample
 
-        features = []
+        waveforms = []
         for index, clip in enumerate(clips):
             waveform = self._to_mono_waveform(clip, sampling_rate, resample, _where_for(where, index, len(clips)))
             if max_length is not None:
                 # Cut the waveform to what `max_length` frames need, so truncation also saves the FFT work.
                 waveform = waveform[: self.win_length + (max_length - 1) * self.hop_length]
-            features.append(self._extract_fbank(waveform))
+            waveforms.append(waveform)
 
-        if padding is False or padding == PaddingStrategy.DO_NOT_PAD or padding == "do_not_pad":
-            with_mask = self.return_attention_mask if return_attention_mask is None else return_attention_mask
+        features = [self._extract_fbank_features(waveform) for waveform in waveforms]
+        if self.do_ceptral_normalize:
+            # Each clip over its own frames, before padding (which would cast to float32 first).
+            features = self.normalize(features)
+        features = [feature.astype(np.float32, copy=False) for feature in features]
+
+        with_mask = self.return_attention_mask if return_attention_mask is None else return_attention_mask
+        if padding is False or padding == PaddingStrategy.DO_NOT_PAD:
             data: dict[str, Any] = {"input_features": features}
             if with_mask:
-                data["attention_mask"] = [np.ones(len(f), dtype=np.int32) for f in features]
+                data["attention_mask"] = [np.ones(len(feature), dtype=np.int32) for feature in features]
             return BatchFeature(data, tensor_type=return_tensors)
         return self.pad(
             BatchFeature({"input_features": features}),
             padding=padding,
             max_length=max_length,
             pad_to_multiple_of=pad_to_multiple_of,
-            return_attention_mask=return_attention_mask,
+            return_attention_mask=with_mask,
             return_tensors=return_tensors or "np",
         )
 
