@@ -545,7 +545,7 @@ def test_unsupported_attributes_are_rejected_where_ofasys_would_read_them(name):
 def test_unknown_attribute_message_lists_only_supported_attributes():
     with pytest.raises(InstructionError, match="supported: add_bos, add_eos, closed_set, length, ") as info:
         parse_instruction("[TEXT:x,lenght=3] -> [TEXT:y]")
-    assert "sample_rate" not in str(info.value)
+    assert "is_label" not in str(info.value)
 
 
 def test_a_named_value_table_accepts_exactly_its_names(monkeypatch):
