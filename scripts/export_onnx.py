@@ -11,12 +11,12 @@ the model's `config.json` and the folder's processor/tokenizer files; `modeling_
 and prints one JSON object: max abs differences (encoder, logits of each decoder call) and greedy-id equality; with
 `--int8-dir`, also the greedy agreement of the int8 graphs.
 
-`--demo-data DIR` checks the export on real inputs: every task of the demo corpus at DIR (`processing.demo_data`)
+`--demo-data DIR` checks the export on real inputs: every task of the demo corpus at DIR (`trainers.demo`)
 whose instruction the folder's processor carries is encoded with that processor (`--demo-examples` test rows per
-task, batched as evaluation batches them: rows of one decoder prefix length together, labels dropped, the start
-token and any forced prefix kept as `decoder_input_ids`). PyTorch greedy `generate(num_beams=1)` and
-`OnnxOFA.generate` then decode with the same length budget and, for closed-set tasks, the same
-`OFAProcessor.closed_set_logits_processor`. Per task the JSON's `demo_tasks` holds `sequence_match` and
+task, grouped and constrained by the answer path `processing.answers.AnswerGenerator` as evaluation is: rows of one
+template and decoder prefix length together, no labels, the start token and any forced prefix as `decoder_input_ids`).
+PyTorch greedy `generate(num_beams=1)` and `OnnxOFA.generate` then decode with the same length budget and, for
+closed-set tasks, the same closed-set constraint. Per task the JSON's `demo_tasks` holds `sequence_match` and
 `token_agreement` (`greedy_agreement`) and the max abs differences of the first batch (`validate_onnx`: encoder
 and every decoder call, teacher-forced on the unconstrained PyTorch greedy tokens). Without `--encoders`, every
 encoder variant the demo tasks need is exported; a variant the model cannot export, or that `--encoders` left out,
@@ -56,6 +56,7 @@ from modeling_ofa.onnx import (
 )
 from modeling_ofa.quantization import greedy_agreement
 from processing import OFAProcessor, Slot
+from processing.answers import AnswerGenerator
 
 __all__ = [
     "DemoBatchGroup",
@@ -166,18 +167,6 @@ class DemoTaskInputs:
     error: str | None = None
 
 
-def _closed_set_group(
-    processor: OFAProcessor, plan: Any, candidates: list[str], prefix: int, template: int, budget: int
-) -> tuple[int, LogitsProcessorList | None]:
-    if not candidates:
-        return budget, None
-    # As evaluation does: the longest answer (with its </s>) bounds the steps, the trie constrains them.
-    constraint = processor.closed_set_logits_processor(
-        candidates, prefix_length=prefix, plan=plan, template_index=template
-    )
-    return max(len(answer) for answer in constraint.trie), LogitsProcessorList([constraint])
-
-
 def prepare_demo_tasks(
     processor: OFAProcessor,
     data_dir: str | Path,
@@ -196,7 +185,7 @@ def prepare_demo_tasks(
 
     Args:
         processor (`OFAProcessor`): The trained folder's processor (its `task_instructions` select the tasks).
-        data_dir (`str` or `Path`): A demo corpus written by `processing.demo_data.save_demo_datasets`.
+        data_dir (`str` or `Path`): A demo corpus written by `trainers.demo.save_demo_datasets`.
         tasks (`Sequence[str]`, *optional*): Task names to run (default: every demo task the processor carries).
         num_examples (`int`): Test rows per task.
         batch_size (`int`): Rows per batch.
@@ -205,7 +194,7 @@ def prepare_demo_tasks(
     Returns:
         One `DemoTaskInputs` per task, in the demo's task order; a task without test rows carries an `error`.
     """
-    from processing.demo_data import DEMO_TASKS, load_demo_datasets  # needs `datasets` (the training extra)
+    from trainers.demo import DEMO_TASKS, load_demo_datasets  # needs `datasets` (the training extra)
 
     sizes = {"num_examples": num_examples, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
     for label, value in sizes.items():
@@ -241,20 +230,23 @@ def prepare_demo_tasks(
             entry.error = f"the demo corpus at {data_dir} has no test rows for {spec.name!r}"
             continue
         rows = split.select(range(min(num_examples, len(split))))
-        by_group: dict[tuple[int, int], list[dict[str, Any]]] = {}
-        for index, row in enumerate(rows):
-            example = processor.encode(plan, row, split="test", row_index=index, task=name, with_targets=False)
-            key = (example["meta"]["prefix_length"], example["meta"]["template_index"])
-            by_group.setdefault(key, []).append(example)
+        # The answer path's grouping and constraint, as evaluation generates: a closed set's longest answer (with its
+        # </s>) bounds the steps, the free budget bounds the others.
+        answers = AnswerGenerator(
+            processor, plan, task=name, candidates=candidates or None, template=None, batch_size=batch_size,
+            generate_kwargs={} if closed else {"max_new_tokens": max_new_tokens},
+        )  # fmt: skip
+        examples = answers.encode(rows, split="test")
         entry.examples = len(rows)
-        for (prefix, template), examples in sorted(by_group.items()):
-            steps, constraint = _closed_set_group(processor, plan, candidates, prefix, template, max_new_tokens)
-            group = DemoBatchGroup(prefix, template, steps, constraint)
-            for start in range(0, len(examples), batch_size):
-                batch = dict(processor.collate(examples[start : start + batch_size]))
-                batch.pop("labels", None)
-                group.batches.append(batch)
-            entry.groups.append(group)
+        for group in answers.groups(examples):
+            kwargs = answers.call_kwargs(group)
+            demo_group = DemoBatchGroup(
+                group.prefix_length, group.template_index, kwargs["max_new_tokens"], kwargs.get("logits_processor")
+            )
+            for start in range(0, len(group.positions), batch_size):
+                chunk = [examples[p] for p in group.positions[start : start + batch_size]]
+                demo_group.batches.append(dict(processor.collate(chunk)))
+            entry.groups.append(demo_group)
         variants = {batch_encoder_variant(b) for g in entry.groups for b in g.batches}
         if len(variants) > 1:  # the demo's tasks have one input signature each; a mixture would need every variant
             entry.error = f"batches of {name!r} need different encoder variants {sorted(variants)}"

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from modeling_ofa import collect_moe_stats
@@ -57,10 +58,16 @@ class TaskLossTracker:
         self.sums: torch.Tensor | None = None
         self.consumed_state: dict[str, Any] | None = None
 
-    def add(self, task: str, nll: torch.Tensor, tokens: torch.Tensor) -> None:
+    def add_batch(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a training micro-batch of `task`: its summed token NLL and its scored tokens (labels other than -100)."""
+        with torch.no_grad():
+            nll = F.cross_entropy(
+                logits.detach().float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+            )
+            tokens = labels.ne(-100).sum().float()
         if self.sums is None or self.sums.device != nll.device:
             self.sums = torch.zeros(len(self.tasks), 2, device=nll.device)
-        self.sums[self._index[task]] += torch.stack([nll, tokens.float()])
+        self.sums[self._index[task]] += torch.stack([nll, tokens])
 
     def take(self, device: torch.device) -> torch.Tensor:
         """The sums since the last call (`(tasks, 2)` on `device`), then zeroed."""

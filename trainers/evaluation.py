@@ -24,14 +24,14 @@ from transformers.trainer_utils import EvalPrediction
 from processing import ExampleError
 from processing.answers import AnswerGenerator
 
-from .data import iter_rows
+from .data import column_names, iter_rows
 from .metrics import compute_metrics, malformed_boxes, score_metric_function
 from .task import Task
 
 if TYPE_CHECKING:
     from .trainer import MultiTaskTrainer
 
-__all__ = ["TaskRun", "run_task", "score_task", "select_eval_datasets"]
+__all__ = ["TaskRun", "predict_selection", "run_task", "score_task", "select_eval_datasets"]
 
 
 @dataclass
@@ -69,6 +69,42 @@ def select_eval_datasets(tasks: list[Task], eval_dataset: Any, lookup: Callable[
     raise ValueError(
         "with several tasks, pass eval_dataset as {task_name: dataset} (or None for every task's eval_dataset)"
     )
+
+
+def predict_selection(
+    tasks: list[Task], test_dataset: Any, task: str | Task | None, lookup: Callable[[str], Task]
+) -> tuple[Task, Any]:
+    """The task and dataset of `predict(test_dataset, task=...)`: `task` a name of the trainer's, any `Task`, or left
+    out with one task; the dataset defaults to the task's `eval_dataset`, and its columns are checked."""
+    if isinstance(test_dataset, (str, Task)):
+        name = test_dataset.name if isinstance(test_dataset, Task) else test_dataset
+        raise TypeError(
+            f"predict() takes the dataset first, as Trainer.predict does: write predict(dataset, task={name!r})"
+        )
+    if task is None:
+        if len(tasks) != 1:
+            names = [t.name for t in tasks]
+            raise ValueError(f"with several tasks, name the task: predict(dataset, task=one of {names})")
+        task = tasks[0]
+    elif isinstance(task, str):
+        task = lookup(task)
+    elif not isinstance(task, Task):
+        raise TypeError(f"predict(task=...) needs a task name or a Task, got {type(task).__name__}")
+    dataset = test_dataset if test_dataset is not None else task.eval_dataset
+    if dataset is None:
+        raise ValueError(f"task {task.name!r} has no eval_dataset; pass test_dataset")
+    columns = column_names(dataset)
+    if columns is not None:
+        task.plan.check_columns(columns, task=task.name, require_targets=False)
+    return task, dataset
+
+
+def _synced_count(trainer: MultiTaskTrainer, count: int) -> int:
+    """The largest `count` over ranks (sharded models must run the same number of forwards on every rank)."""
+    if trainer.args.world_size == 1:
+        return count
+    value = torch.tensor([count], device=trainer.args.device)
+    return int(trainer.accelerator.gather(value).max().item())
 
 
 def _encode_shard(trainer: MultiTaskTrainer, task: Task, dataset: Any) -> tuple[list[tuple[int, dict, Any]], int]:
@@ -116,7 +152,7 @@ def run_task(trainer: MultiTaskTrainer, task: Task, dataset: Any, gen_kwargs: Ma
     if trainer.task_adapters is not None:
         trainer.task_adapters.activate(task.name)
     synced = is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model)
-    num_calls = trainer.synced_count if synced else None
+    num_calls = (lambda count: _synced_count(trainer, count)) if synced else None
     kwargs = task.generate_kwargs(trainer.generation_base(), gen_kwargs)
     if synced:
         kwargs.setdefault("synced_gpus", True)

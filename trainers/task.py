@@ -25,13 +25,23 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from transformers import Seq2SeqTrainingArguments
+
 from processing import ExampleError, Slot, TaskPlan, parse_instruction, undecoded_audio
 from processing.answers import TARGET_KINDS, plan_target_kind
 
 from .data import check_dataset, column_names, dataset_size, is_streaming
 from .metrics import METRIC_ALIASES, METRICS, metric_function_name
 
-__all__ = ["DEFAULT_METRICS", "GENERATION_DEFAULTS", "TARGET_KINDS", "Task", "processor_with_tasks"]
+__all__ = [
+    "DEFAULT_METRICS",
+    "GENERATION_DEFAULTS",
+    "TARGET_KINDS",
+    "Task",
+    "check_tasks",
+    "generation_base",
+    "processor_with_tasks",
+]
 
 # Reference types of `trainers.metrics.METRICS` that make sense for each kind of target.
 _METRIC_REFERENCES: dict[str, frozenset[str]] = {
@@ -405,3 +415,34 @@ def processor_with_tasks(processor: Any, tasks: Sequence[Task], generation_base:
         kwargs = task.generate_kwargs(generation_base)
         out.generation_defaults[task.name] = {k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str))}
     return out
+
+
+def check_tasks(tasks: Sequence[Task] | None, task_adapters: Any = None, model: Any = None) -> list[Task]:
+    """The trainer's tasks as a list, checked: `Task`s with unique names and, with per-task LoRA adapters, an
+    adapter for every task on the model being trained."""
+    if tasks is None or isinstance(tasks, (Task, str)) or not isinstance(tasks, Sequence):
+        raise TypeError(f"`tasks` must be a list of Task, got {type(tasks).__name__}")
+    if not tasks:
+        raise ValueError("`tasks` is empty: at least one Task is needed")
+    for index, task in enumerate(tasks):
+        if not isinstance(task, Task):
+            raise TypeError(f"tasks[{index}] must be a Task, got {type(task).__name__}")
+    names = [task.name for task in tasks]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"task names must be unique; repeated: {duplicates}")
+    if task_adapters is not None:
+        missing = [name for name in names if name not in task_adapters]
+        if missing:
+            raise ValueError(f"tasks {missing} have no adapter in task_adapters (tasks: {task_adapters.tasks})")
+        if model is not task_adapters.model:
+            raise ValueError("with task_adapters, train the adapters' model: pass model=task_adapters.model")
+    return list(tasks)
+
+
+def generation_base(args: Any) -> dict[str, Any]:
+    """`Seq2SeqTrainingArguments.generation_*`: defaults of every task's generation (plain `TrainingArguments` have
+    none)."""
+    if not isinstance(args, Seq2SeqTrainingArguments):
+        return {}
+    return {"max_length": args.generation_max_length, "num_beams": args.generation_num_beams}

@@ -9,18 +9,20 @@ batch to the device itself (`_prepare_inputs`).
 
 from __future__ import annotations
 
+import copy
+import os
 import warnings
 from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import TrainingArguments
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from .data import MultiTaskDataset, is_streaming
+from .data import MicroBatchInfo, MultiTaskDataset, is_streaming
 from .sampling import STRATEGIES
 from .task import Task
 
-__all__ = ["resolve_sampling", "train_dataloader"]
+__all__ = ["non_finite_loss_error", "resolve_sampling", "train_dataloader", "training_arguments"]
 
 
 def resolve_sampling(tasks: Sequence[Task], train_tasks: Sequence[Task], sampling: str | None) -> str:
@@ -74,4 +76,42 @@ def train_dataloader(data: MultiTaskDataset, args: TrainingArguments, train_task
         persistent_workers=args.dataloader_persistent_workers and workers > 0,
         prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
         multiprocessing_context=args.dataloader_multiprocessing_context if workers > 0 else None,
+    )
+
+
+def training_arguments(
+    args: TrainingArguments | None, sampling: str, train_tasks: Sequence[Task]
+) -> tuple[TrainingArguments, int, int | None]:
+    """The copy of `args` the trainer runs with, the micro-batches per task of an optimizer step, and the user's
+    `save_total_limit` (applied by the checkpoint callback once a new checkpoint is complete; `None` in the copy).
+
+    The copy sets `ignore_data_skip` (the schedule state restored from a checkpoint already positions the data;
+    `Trainer` skipping the first batches of the resumed epoch as well would skip them twice) and, for `all_tasks`,
+    multiplies `gradient_accumulation_steps` by the number of training tasks (one step holds every task).
+    """
+    args = copy.copy(args) if args is not None else Seq2SeqTrainingArguments(output_dir="tmp_trainer")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size == 1:
+        # torchrun / accelerate launch on CPUs without `use_cpu`: Trainer sets up no DDP, and every process would
+        # silently train the whole run on its own.
+        raise ValueError(
+            f"this process is one of {launched} launched (WORLD_SIZE={launched}), but the training arguments set "
+            "up no data parallelism, so each process would train the whole run alone; on CPU processes pass "
+            "use_cpu=True (scripts/train.py does so itself)"
+        )
+    args.ignore_data_skip = True
+    save_total_limit, args.save_total_limit = args.save_total_limit, None
+    per_task = args.gradient_accumulation_steps
+    if sampling == "all_tasks" and train_tasks:
+        args.gradient_accumulation_steps *= len(train_tasks)
+    return args, per_task, save_total_limit
+
+
+def non_finite_loss_error(loss: torch.Tensor, info: MicroBatchInfo, step: int) -> RuntimeError:
+    """The error of a non-finite training loss, naming the task, the training step and the micro-batch's examples."""
+    shown = list(info.example_indices[:8]) + (["..."] if len(info.example_indices) > 8 else [])
+    return RuntimeError(
+        f"non-finite loss ({loss.detach().float().mean().item()}) on task {info.task!r} at training step {step} "
+        f"(micro-batch {info.micro_index} of schedule step {info.optimizer_step}, examples {shown}); lower the "
+        "learning rate, clip gradients (max_grad_norm) or check this task's data"
     )

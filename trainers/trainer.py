@@ -9,47 +9,38 @@ trainer.evaluate()                        # {"eval_caption_cider": ..., "eval_vq
 trainer.predict(test_rows, task="vqa")    # PredictionOutput; .predictions = [{"label": "two", "in_set": True}, ...]
 ```
 
-What it adds to `Seq2SeqTrainer`, each concern in its own module, and how it stays a `Trainer`:
+What it adds to `Seq2SeqTrainer`, one module per concern, each through `Trainer`'s public hooks:
 
-- **Data** (`trainers.train_data`). `get_train_dataloader` returns this rank's micro-batches of a [`MultiTaskDataset`].
-  `sampling` picks the strategy ([`STRATEGIES`]) and `mode` the micro-batch layout ([`MODES`]). For `all_tasks`
-  (OFASys) one optimizer step accumulates `gradient_accumulation_steps` micro-batches of *every* task, so the
-  trainer's own `args.gradient_accumulation_steps` becomes that times the number of tasks; `Trainer` then passes the
-  number of target tokens of the whole step as `num_items_in_batch`, and the model divides the summed loss by it.
-- **Resume** (`trainers.checkpoint`, a `TrainerCallback`). Each checkpoint holds the schedule state after the last
-  consumed micro-batch and a completion marker written last; `train(resume_from_checkpoint=...)` restores the
-  schedule, so the resumed run sees exactly the batches the uninterrupted run would have (`Trainer`'s own batch
-  skipping is off: `ignore_data_skip`). `resume_from_checkpoint=True` takes the newest *complete* checkpoint.
-- **Logs** (`trainers.callbacks`, a `TrainerCallback`): `loss_<task>`, `sampled_<task>` and MoE router statistics
-  (`moe/...`) in every training log.
-- **Faults.** A non-finite loss raises a `RuntimeError` naming the task, the step and the examples.
-- **Evaluation** (`trainers.evaluation`, through the one answer path `processing.answers.AnswerGenerator`):
-  `evaluate` reports `eval_<task>_<metric>`, `eval_<task>_loss` and `eval_loss` (token-weighted over tasks) for every
-  task with an `eval_dataset`; `predict(test_dataset, task=...)` returns the typed answers (`Trainer.predict`'s
-  contract: the dataset first; with one task, `task` may be left out).
-- **Saved tasks.** The trainer's `processing_class` is a copy of the processor that carries every task's instruction,
-  closed set and generation settings ([`processor_with_tasks`]), so `save_model` writes them into
-  `processor_config.json`; the processor passed in is not changed.
+- **Data** (`trainers.train_data`, `trainers.data`): `get_train_dataloader` yields this rank's micro-batches of a
+  [`MultiTaskDataset`]; `sampling` picks the strategy ([`STRATEGIES`]), `mode` the micro-batch layout ([`MODES`]). For
+  `all_tasks` (OFASys) one optimizer step accumulates `gradient_accumulation_steps` micro-batches of *every* task, and
+  `Trainer` passes the step's target-token count as `num_items_in_batch`: the loss is normalized as in OFASys.
+- **Resume** (`trainers.checkpoint`, a `TrainerCallback`): every checkpoint holds the schedule state and a completion
+  marker written last; a resumed run sees exactly the batches the uninterrupted run would have.
+- **Logs** (`trainers.callbacks`, a `TrainerCallback`): `loss_<task>`, `sampled_<task>` and `moe/...` in training logs.
+- **Faults**: a non-finite loss raises a `RuntimeError` naming the task, the step and the examples.
+- **Evaluation** (`trainers.evaluation`, through the answer path `processing.answers.AnswerGenerator`): `evaluate`
+  reports `eval_<task>_<metric>`, `eval_<task>_loss` and `eval_loss`; `predict(test_dataset, task=...)` keeps
+  `Trainer.predict`'s contract (the dataset first; `task` may be left out with one task).
+- **Saved tasks**: `processing_class` is a copy of the processor carrying every task's instruction, closed set and
+  generation settings ([`processor_with_tasks`]), which `save_model` writes; the processor passed in is not changed.
 """
 
 from __future__ import annotations
 
-import copy
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Seq2SeqTrainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput, speed_metrics
 
 from modeling_ofa import TaskAdapters, micro_batch_share
 from processing import OFAProcessor
 
-from .callbacks import MOE_LOG_LEVELS, TaskLogCallback, TaskLossTracker
+from .callbacks import TaskLogCallback, TaskLossTracker
 from .checkpoint import (
     CHECKPOINT_COMPLETE_NAME,
     SCHEDULE_STATE_NAME,
@@ -58,19 +49,12 @@ from .checkpoint import (
     last_complete_checkpoint,
     read_schedule_state,
 )
-from .data import INFO_KEY, TASK_KEY, MicroBatchInfo, MultiTaskDataset, column_names
-from .evaluation import run_task, score_task, select_eval_datasets
-from .task import Task, processor_with_tasks
-from .train_data import resolve_sampling, train_dataloader
+from .data import INFO_KEY, TASK_KEY, MicroBatchInfo, MultiTaskDataset
+from .evaluation import predict_selection, run_task, score_task, select_eval_datasets
+from .task import Task, check_tasks, generation_base, processor_with_tasks
+from .train_data import non_finite_loss_error, resolve_sampling, train_dataloader, training_arguments
 
 __all__ = ["CHECKPOINT_COMPLETE_NAME", "SCHEDULE_STATE_NAME", "MultiTaskTrainer", "checkpoint_problem"]
-
-
-def _generation_base(args: TrainingArguments) -> dict[str, Any]:
-    """`Seq2SeqTrainingArguments.generation_*`, the defaults of every task's generation (plain arguments have none)."""
-    if not isinstance(args, Seq2SeqTrainingArguments):
-        return {}
-    return {"max_length": args.generation_max_length, "num_beams": args.generation_num_beams}
 
 
 class MultiTaskTrainer(Seq2SeqTrainer):
@@ -139,41 +123,18 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         processor = processor if processor is not None else processing_class
         if not isinstance(processor, OFAProcessor):
             raise TypeError(f"MultiTaskTrainer needs an OFAProcessor as `processor`, got {type(processor).__name__}")
-        self.tasks = self._check_tasks(tasks)
-        if task_adapters is not None:
-            missing = [task.name for task in self.tasks if task.name not in task_adapters]
-            if missing:
-                raise ValueError(f"tasks {missing} have no adapter in task_adapters (tasks: {task_adapters.tasks})")
-            if model is not task_adapters.model:
-                raise ValueError("with task_adapters, train the adapters' model: pass model=task_adapters.model")
+        self.tasks = check_tasks(tasks, task_adapters, model)
         self.task_adapters = task_adapters
         self.train_tasks = [task for task in self.tasks if task.train_dataset is not None]
         self.sampling = resolve_sampling(self.tasks, self.train_tasks, sampling)
-        if moe_logging not in MOE_LOG_LEVELS:
-            raise ValueError(f"moe_logging must be one of {MOE_LOG_LEVELS}, got {moe_logging!r}")
         self.temperature, self.mode, self.moe_logging = temperature, mode, moe_logging
-
-        args = copy.copy(args) if args is not None else Seq2SeqTrainingArguments(output_dir="tmp_trainer")
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched > 1 and args.world_size == 1:
-            # torchrun / accelerate launch on CPUs without `use_cpu`: Trainer sets up no DDP, and every process would
-            # silently train the whole run on its own.
-            raise ValueError(
-                f"this process is one of {launched} launched (WORLD_SIZE={launched}), but the training arguments set "
-                "up no data parallelism, so each process would train the whole run alone; on CPU processes pass "
-                "use_cpu=True (scripts/train.py does so itself)"
-            )
-        # The schedule state restored from a checkpoint already positions the data; Trainer skipping the first
-        # batches of the resumed epoch as well would skip them twice.
-        args.ignore_data_skip = True
-        # Old checkpoints are rotated out by the checkpoint callback, once the new one is complete.
-        save_total_limit, args.save_total_limit = args.save_total_limit, None
-        self.task_gradient_accumulation_steps = args.gradient_accumulation_steps
-        if self.sampling == "all_tasks" and self.train_tasks:
-            args.gradient_accumulation_steps *= len(self.train_tasks)
-
+        self.task_losses = TaskLossTracker([task.name for task in self.tasks])
+        log_callback = TaskLogCallback(self.task_losses, moe_logging, self._sum_over_ranks)  # checks moe_logging
+        args, self.task_gradient_accumulation_steps, save_total_limit = training_arguments(
+            args, self.sampling, self.train_tasks
+        )
         # Published models carry their tasks: the saved processor config holds them (the caller's stays as it is).
-        self.processor = processor_with_tasks(processor, self.tasks, _generation_base(args))
+        self.processor = processor_with_tasks(processor, self.tasks, generation_base(args))
         eval_datasets = {task.name: task.eval_dataset for task in self.tasks if task.eval_dataset is not None}
         super().__init__(
             model=model,
@@ -186,9 +147,7 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        self.task_losses = TaskLossTracker([task.name for task in self.tasks])
-        # First, so that every reporter and the progress bar see the keys it adds.
-        self.callback_handler.callbacks.insert(0, TaskLogCallback(self.task_losses, moe_logging, self._sum_over_ranks))
+        self.callback_handler.callbacks.insert(0, log_callback)  # first: every reporter after it sees its keys
         self.add_callback(
             CheckpointExtrasCallback(
                 lambda: self.task_losses.consumed_state, save_total_limit, self.accelerator.wait_for_everyone
@@ -200,21 +159,6 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         if self.train_tasks:
             self._build_train_data()  # a bad schedule configuration fails here, before training
 
-    @staticmethod
-    def _check_tasks(tasks: Sequence[Task] | None) -> list[Task]:
-        if tasks is None or isinstance(tasks, (Task, str)) or not isinstance(tasks, Sequence):
-            raise TypeError(f"`tasks` must be a list of Task, got {type(tasks).__name__}")
-        if not tasks:
-            raise ValueError("`tasks` is empty: at least one Task is needed")
-        for index, task in enumerate(tasks):
-            if not isinstance(task, Task):
-                raise TypeError(f"tasks[{index}] must be a Task, got {type(task).__name__}")
-        names = [task.name for task in tasks]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"task names must be unique; repeated: {duplicates}")
-        return list(tasks)
-
     def task(self, name: str) -> Task:
         """The task called `name`."""
         for task in self.tasks:
@@ -222,9 +166,7 @@ class MultiTaskTrainer(Seq2SeqTrainer):
                 return task
         raise KeyError(f"no task {name!r}; tasks: {[task.name for task in self.tasks]}")
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Training data and resume
-    # ------------------------------------------------------------------------------------------------------------
+    # -- training data and resume ------------------------------------------------------------------------------------
 
     def _build_train_data(self) -> MultiTaskDataset:
         if not self.train_tasks:
@@ -279,9 +221,7 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             ignore_keys_for_eval=ignore_keys_for_eval,
         )
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Training step and loss
-    # ------------------------------------------------------------------------------------------------------------
+    # -- training step and loss --------------------------------------------------------------------------------------
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -321,25 +261,12 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             loss = loss + micro_batch_share(aux_loss, labels, num_items_in_batch)
         if info is not None and labels is not None:
             if not bool(torch.isfinite(loss.detach()).all()):
-                shown = list(info.example_indices[:8]) + (["..."] if len(info.example_indices) > 8 else [])
-                raise RuntimeError(
-                    f"non-finite loss ({loss.detach().float().mean().item()}) on task {info.task!r} at training step "
-                    f"{self.state.global_step + 1} (micro-batch {info.micro_index} of schedule step "
-                    f"{info.optimizer_step}, examples {shown}); lower the learning rate, clip gradients "
-                    "(max_grad_norm) or check this task's data"
-                )
+                raise non_finite_loss_error(loss, info, self.state.global_step + 1)
             logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[1]
-            with torch.no_grad():
-                nll = F.cross_entropy(
-                    logits.detach().float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
-                )
-                tokens = labels.ne(-100).sum()
-            self.task_losses.add(info.task, nll, tokens)
+            self.task_losses.add_batch(info.task, logits, labels)
         return (loss, outputs) if return_outputs else loss
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Evaluation and prediction (trainers.evaluation)
-    # ------------------------------------------------------------------------------------------------------------
+    # -- evaluation and prediction (trainers.evaluation) -------------------------------------------------------------
 
     def evaluate(
         self,
@@ -399,25 +326,7 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             `PredictionOutput` whose `predictions` is the list of typed answers in dataset order (see `TARGET_KINDS`),
             `label_ids` the references (or `None` without targets) and `metrics` the task's metrics.
         """
-        if isinstance(test_dataset, (str, Task)):
-            raise TypeError(
-                "predict() takes the dataset first, as Trainer.predict does: write predict(dataset, task="
-                f"{test_dataset.name if isinstance(test_dataset, Task) else test_dataset!r})"
-            )
-        if task is None:
-            if len(self.tasks) != 1:
-                raise ValueError(f"with several tasks, name the task: predict(dataset, task=one of {self._names})")
-            task = self.tasks[0]
-        elif isinstance(task, str):
-            task = self.task(task)
-        elif not isinstance(task, Task):
-            raise TypeError(f"predict(task=...) needs a task name or a Task, got {type(task).__name__}")
-        dataset = test_dataset if test_dataset is not None else task.eval_dataset
-        if dataset is None:
-            raise ValueError(f"task {task.name!r} has no eval_dataset; pass test_dataset")
-        columns = column_names(dataset)
-        if columns is not None:
-            task.plan.check_columns(columns, task=task.name, require_targets=False)
+        task, dataset = predict_selection(self.tasks, test_dataset, task, self.task)
         start = time.time()
         run = run_task(self, task, dataset, gen_kwargs)
         metrics = score_task(task, run, f"{metric_key_prefix}_{task.name}", self.compute_metrics)
@@ -428,22 +337,9 @@ class MultiTaskTrainer(Seq2SeqTrainer):
             predictions=run.answers, label_ids=run.references if has_references else None, metrics=metrics
         )
 
-    # -- what trainers.evaluation and the callbacks use ----------------------------------------------------------
-
     def generation_base(self) -> dict[str, Any]:
         """The generation defaults of `args` (`generation_max_length`, `generation_num_beams`)."""
-        return _generation_base(self.args)
-
-    def synced_count(self, count: int) -> int:
-        """The largest `count` over ranks (sharded models must run the same number of forwards on every rank)."""
-        if self.args.world_size == 1:
-            return count
-        value = torch.tensor([count], device=self.args.device)
-        return int(self.accelerator.gather(value).max().item())
+        return generation_base(self.args)
 
     def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum") if self.args.world_size > 1 else tensor
-
-    @property
-    def _names(self) -> list[str]:
-        return [task.name for task in self.tasks]
