@@ -465,9 +465,13 @@ def train_vq_tokenizer(
 
 
 def register_vqgan_auto_classes() -> None:
-    """Register `ofa_vqgan` with `AutoConfig` and `AutoModel` (importing `modeling_ofa` does this)."""
+    """Register `ofa_vqgan` with `AutoConfig` and `AutoModel` (importing this module does this). Saved folders also
+    carry this code and an `auto_map`, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads them
+    where this package is not installed."""
     AutoConfig.register("ofa_vqgan", OFAVQGANConfig, exist_ok=True)
     AutoModel.register(OFAVQGANConfig, OFAVQGANModel, exist_ok=True)
+    OFAVQGANConfig.register_for_auto_class()
+    OFAVQGANModel.register_for_auto_class("AutoModel")
 
 
 register_vqgan_auto_classes()

@@ -505,3 +505,43 @@ def test_bad_inputs_are_clear_errors():
         OFAVQGANConfig.from_preset("f16")
     with pytest.raises(ValueError, match="not divisible by norm_num_groups"):
         OFAVQGANConfig(base_channels=20)
+
+
+RELOAD = """
+import sys, torch
+{imports}
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], {kwargs})
+assert type(model).__name__ == "OFAVQGANModel", type(model)
+data = torch.load(sys.argv[2])
+with torch.no_grad():
+    assert torch.equal(model.encode(data["pixels"]), data["codes"])
+    assert torch.equal(model.decode(data["codes"]), data["decoded"])
+print("ok", type(model).__module__)
+"""
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["package", "remote_code"])
+def test_saved_tokenizer_reloads_in_a_fresh_interpreter(tmp_path, installed):
+    torch.manual_seed(0)
+    model = OFAVQGANModel(OFAVQGANConfig.from_preset("tiny")).eval()
+    pixels = images_to_pixel_values([scene(i) for i in range(2)])
+    with torch.no_grad():
+        codes = model.encode(pixels)
+        torch.save({"pixels": pixels, "codes": codes, "decoded": model.decode(codes)}, tmp_path / "expected.pt")
+    model.save_pretrained(tmp_path / "tok")
+    code = RELOAD.format(
+        imports="import modeling_ofa" if installed else "", kwargs="" if installed else "trust_remote_code=True"
+    )
+    # Without the package on the path, the folder's own copy of the code is what loads.
+    cwd = ROOT if installed else tmp_path
+    env = {"PYTHONPATH": str(ROOT) if installed else "", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "tok"), str(tmp_path / "expected.pt")],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ("modeling_ofa.modeling_vqgan" in result.stdout) == installed, result.stdout
