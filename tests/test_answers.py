@@ -190,12 +190,12 @@ def test_predict_keeps_trainers_contract(processor, model, tmp_path):
 
 
 def test_the_processor_given_is_not_mutated(processor, model, tmp_path):
-    before = (dict(processor.task_instructions), dict(processor.closed_sets), dict(processor.generation_defaults))
-    trainer = trainer_for(processor, model, tmp_path, [Task("color", COLOR, candidates=COLORS)])
-    assert (processor.task_instructions, processor.closed_sets, processor.generation_defaults) == before
+    given = OFAProcessor(OFAImageProcessor(size=16), processor.tokenizer, task_instructions={"other": COLOR})
+    trainer = trainer_for(given, model, tmp_path, [Task("color", COLOR, candidates=COLORS)])
+    assert (given.task_instructions, given.closed_sets, given.generation_defaults) == ({"other": COLOR}, {}, {})
     carried = trainer.processing_class
     assert carried.task_instructions["color"] == COLOR and carried.closed_sets["color"] == COLORS
     assert carried.generation_defaults["color"]["num_beams"] == 1
     trainer.save_model(str(tmp_path / "final"))
     reloaded = OFAProcessor.from_pretrained(str(tmp_path / "final"))
-    assert reloaded.task_instructions == {"color": COLOR} and reloaded.closed_sets == {"color": COLORS}
+    assert reloaded.task_instructions == {"other": COLOR, "color": COLOR} and reloaded.closed_sets == {"color": COLORS}

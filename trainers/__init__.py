@@ -20,9 +20,11 @@ from .sampling import (
 )
 
 if TYPE_CHECKING:
+    from .callbacks import TaskLogCallback
+    from .checkpoint import SCHEDULE_STATE_NAME, CheckpointExtrasCallback
     from .data import MicroBatchInfo, MultiTaskDataset
-    from .task import DEFAULT_METRICS, GENERATION_DEFAULTS, TARGET_KINDS, Task
-    from .trainer import SCHEDULE_STATE_NAME, MultiTaskTrainer
+    from .task import DEFAULT_METRICS, GENERATION_DEFAULTS, TARGET_KINDS, Task, processor_with_tasks
+    from .trainer import MultiTaskTrainer
 
 # Lazily imported name -> module.
 _LAZY = {
@@ -32,8 +34,11 @@ _LAZY = {
     "GENERATION_DEFAULTS": ".task",
     "MicroBatchInfo": ".data",
     "MultiTaskDataset": ".data",
+    "processor_with_tasks": ".task",
     "MultiTaskTrainer": ".trainer",
-    "SCHEDULE_STATE_NAME": ".trainer",
+    "SCHEDULE_STATE_NAME": ".checkpoint",
+    "CheckpointExtrasCallback": ".checkpoint",
+    "TaskLogCallback": ".callbacks",
 }
 
 __all__ = [
@@ -45,6 +50,7 @@ __all__ = [
     "SCHEDULE_STATE_NAME",
     "STRATEGIES",
     "TARGET_KINDS",
+    "CheckpointExtrasCallback",
     "MetricSpec",
     "MicroBatch",
     "MicroBatchInfo",
@@ -53,9 +59,11 @@ __all__ = [
     "MultiTaskTrainer",
     "ShardedTaskIterator",
     "Task",
+    "TaskLogCallback",
     "TaskSchedule",
     "compute_metrics",
     "normalize_vqa_answer",
+    "processor_with_tasks",
     "shard_stream",
     "task_probabilities",
 ]
