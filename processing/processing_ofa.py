@@ -24,6 +24,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,8 @@ class OFAProcessor(ProcessorMixin):
                 raise ValueError(f"{name}= was given but {plan.instruction!r} has no {group} slot")
             if group == "TEXT":
                 values = [value] if isinstance(value, (str, tuple)) else list(value)
+            elif group == "AUDIO" and isinstance(value, (list, tuple)) and value and isinstance(value[0], Real):
+                values = [value]  # one waveform given as a list of samples
             else:  # a list is a batch; [[item], ...] (one item per row, as pipelines pass them) is flattened
                 values = [v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v for v in _as_list(value)]
             per_row[group] = values

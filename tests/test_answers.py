@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from conftest import perturb_weights, tiny_config_kwargs
@@ -157,6 +158,11 @@ def test_keyword_form_fills_the_instructions_slots(processor):
         processor(VQA, images=images[0], text="what", audio=[0.0] * 160)
     with pytest.raises(ValueError, match="different numbers of rows"):
         processor(VQA, images=images, text="what")
+    speech = "[AUDIO:audio] what is the text corresponding to the voice? -> [TEXT:text]"
+    wave = [0.1 * ((i % 7) - 3) for i in range(1600)]  # one waveform as a list of samples, at 16 kHz
+    audio = processor(speech, audio=wave)
+    assert torch.equal(audio["audio_features"], processor(speech, {"audio": np.array(wave)})["audio_features"])
+    assert processor(speech, audio=[np.array(wave)] * 2)["audio_features"].shape[0] == 2
     with pytest.raises(TypeError, match="not both"):
         processor(VQA, [{"img": images[0], "question": "q"}], text="q")
 
