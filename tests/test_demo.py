@@ -22,6 +22,8 @@ ARTIFACTS = [
     "results.json",
     "results.md",
     "curves.png",
+    "examples.png",
+    "train_log.jsonl",
 ]
 
 
@@ -40,6 +42,12 @@ def test_demo_run_writes_every_artifact(demo_output):
     assert "model-index" in card and "chance" in card and "what does the image describe?" in card
     with Image.open(folder / "curves.png") as image:
         assert image.size[0] > 500
+    with Image.open(folder / "examples.png") as image:
+        assert image.size[1] > image.size[0]  # a row per task
+    results_md = (folder / "results.md").read_text().splitlines()
+    assert "| int8 |" in results_md[0] and len(results_md) == 2 + len(DEMO_TASKS)  # every column of the README table
+    logged = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert any(key.startswith("moe/") for entry in logged for key in entry)  # router statistics: in the log file
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert set(processor_config["task_instructions"]) == {t.name for t in DEMO_TASKS}
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from trainers.metrics import METRICS
-from trainers.report import TaskResult, bootstrap_interval, curve_series, results_markdown, results_table
+from trainers.report import (
+    TaskResult,
+    below_chance,
+    bootstrap_interval,
+    curve_series,
+    results_markdown,
+    results_table,
+    split_metric_key,
+)
 
 
 def accuracy(predictions, references):
@@ -104,3 +113,48 @@ def test_curve_series_splits_evaluation_keys_at_the_task_name():
         "motion accuracy": [(100, 0.25)],
         "table_qa exact_match": [(100, 0.4)],
     }
+
+
+@pytest.mark.parametrize(
+    ("key", "prefix", "expected"),
+    [
+        ("eval_motion_class_accuracy", "eval", ("motion_class", "accuracy")),
+        ("eval_motion_accuracy", "eval", ("motion", "accuracy")),
+        ("eval_motion_class_exact_match", "eval", ("motion_class", "exact_match")),
+        ("eval_table_qa_malformed_boxes", "eval", ("table_qa", "malformed_boxes")),
+        ("test_table_qa_exact_match", "test", ("table_qa", "exact_match")),
+        ("loss_motion_class", "eval", None),
+        ("eval_loss", "eval", None),
+        ("eval_motion_class_", "eval", None),
+        ("eval_other_accuracy", "eval", None),
+        ("test_motion_accuracy", "eval", None),
+    ],
+)
+def test_split_metric_key_takes_the_longest_task_name(key, prefix, expected):
+    assert split_metric_key(key, ["motion", "motion_class", "table_qa"], prefix) == expected
+
+
+def test_results_without_a_chance_level_have_no_verdict():
+    own = TaskResult("color", "exact_match", 0.9, math.nan, True, "[TEXT:text] -> [TEXT:label]", 0.8, 1.0)
+    demo = TaskResult("vqa", "accuracy", 0.2, 0.3, True, "", 0.1, 0.3)
+    assert own.verdict == "-" and not own.has_chance and demo.verdict == "NO"
+    assert below_chance([own, demo]) == [demo] and below_chance([own]) == []
+    table = results_table([own])
+    row = table.splitlines()[2]
+    assert row.split()[-3:] == ["-", "-", "-"] and "NO" not in table and "no chance levels are known" in table
+    assert "| color |" in results_markdown([own]) and results_markdown([own]).endswith("| - | - |")
+
+
+def test_results_markdown_has_the_int8_column_the_readme_shows():
+    results = [
+        TaskResult("vqa", "accuracy", 0.6, 0.3, True, "[IMAGE:image] [TEXT:q] -> [TEXT:a]", 0.5, 0.7),
+        TaskResult("asr", "wer", 0.1, 0.84, False, "[AUDIO:audio] -> [TEXT:text]", 0.05, 0.15),
+    ]
+    int8 = [dataclasses.replace(results[0], value=0.55), dataclasses.replace(results[1], value=0.12)]
+    table = results_markdown(results, int8).splitlines()
+    assert table[0] == "| task | instruction | metric | model | 95% interval | chance | int8 | above chance |"
+    assert table[2].endswith("| 0.300 | 0.550 | yes |") and table[3].endswith("| 0.840 | 0.120 | yes |")
+    readme_columns = {"task", "metric", "model", "95% interval", "chance", "int8"}
+    assert readme_columns <= {cell.strip() for cell in table[0].strip("|").split("|")}
+    with pytest.raises(ValueError, match="same \\(task, metric\\) rows"):
+        results_markdown(results, int8[::-1])

@@ -13,8 +13,12 @@ sampling: {strategy: temperature, temperature: 2.0}      # MultiTaskTrainer samp
 tasks:                                                  # default for the demo: every demo task
   - {name: caption, data: demo}                         # or {name, instruction, data: {path: folder saved by datasets}}
 training: {max_steps: 1200, per_device_train_batch_size: 16, learning_rate: 1.0e-3}   # Seq2SeqTrainingArguments
-evaluation: {int8: true}                                # also score the test splits with int8 linear layers
+evaluation: {int8: true, require_above_chance: true}    # int8: also score the test splits with int8 linear layers
 ```
+
+`evaluation.require_above_chance` makes `scripts/train.py` exit with status 1 when a task whose chance level is known
+(a demo task) is not clearly above it; a task on its own data has no chance level, so its metrics are reported
+without a verdict and never fail the run.
 
 A task entry takes the `Task` arguments (`instruction`, `weight`, `metrics`, `batch_size`, `candidates`, `num_beams`,
 `max_new_tokens`, `column_mapping`, ...); `data: demo` takes its rows, instruction and metric from the demo corpus, and
@@ -46,6 +50,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import types
 import typing
@@ -53,7 +58,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import TaskResult, bootstrap_interval, plot_curves, results_markdown, results_table
+from .plots import Example, plot_curves, plot_examples
+from .report import TaskResult, below_chance, bootstrap_interval, results_markdown, results_table
 
 __all__ = ["ConfigError", "load_config", "run", "set_override", "validate_config"]
 
@@ -362,7 +368,7 @@ _SECTIONS: dict[str, Any] = {
     "sampling": {"strategy": str | None, "temperature": float, "mode": str | None},
     "tasks": list | None,
     "training": _training_fields,
-    "evaluation": {"int8": bool},
+    "evaluation": {"int8": bool, "require_above_chance": bool},
 }
 
 
@@ -474,6 +480,8 @@ def _training_arguments(config: Mapping[str, Any], output_dir: Path, seed: int) 
     from transformers import Seq2SeqTrainingArguments
 
     training: dict[str, Any] = {"output_dir": str(output_dir / "checkpoints"), "report_to": "none", "seed": seed}
+    # Progress bars (training, evaluation) only on a terminal: in a log file they leave carriage returns behind.
+    training["disable_tqdm"] = not sys.stdout.isatty()
     training.update(config.get("training") or {})
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(training.get("fsdp"))
     if fsdp and not _has_accelerator():
@@ -537,8 +545,9 @@ def _load_splits(name: str, path: str) -> dict[str, Any]:
     return splits
 
 
-def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[Any, Any, Any]]:
-    """(Task, test split, chance baseline) per configured task."""
+def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[Any, Any, dict[str, float]]]:
+    """(Task, test split, {metric: chance baseline}) per configured task (no baselines for a task on its own data;
+    a demo task's baseline is that of its demo metric only)."""
     from processing import parse_instruction
 
     from .demo import DEMO_TASKS, chance_baseline, get_demo_task
@@ -549,7 +558,7 @@ def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[An
     for entry in entries:
         entry = dict(entry)
         name, data = entry.pop("name"), entry.pop("data", "demo")
-        chance = None
+        chance: dict[str, float] = {}
         if data == "demo":
             if demo is None:
                 raise ValueError(f"task {name!r} reads demo data but the config has no data.demo section")
@@ -562,7 +571,7 @@ def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[An
             target = parse_instruction(entry["instruction"]).templates[0].target_slot
             if spec.labels and getattr(target, "closed_set", False):
                 entry.setdefault("candidates", list(spec.labels))
-            chance = chance_baseline(spec, splits["test"])
+            chance = {spec.metric: chance_baseline(spec, splits["test"])}
         else:
             splits = _load_splits(name, data["path"])
         instruction = entry.pop("instruction")
@@ -571,26 +580,67 @@ def _tasks(config: dict[str, Any], demo: dict[str, Any] | None) -> list[tuple[An
     return built
 
 
-def _test_results(trainer: Any, built: Sequence[tuple[Any, Any, Any]]) -> list[TaskResult]:
+def _test_results(
+    trainer: Any,
+    built: Sequence[tuple[Any, Any, Mapping[str, float]]],
+    examples: list[Example] | None = None,
+    label: str = "test",
+) -> list[TaskResult]:
     """Every task's metrics on its test split (as `MultiTaskTrainer.predict` scores them) with their bootstrap
-    intervals over the test examples, beside the chance baseline (NaN when unknown)."""
+    intervals over the test examples, beside the chance baseline (NaN when unknown). A line per task tells where the
+    evaluation is; with `examples`, the first `EXAMPLES_PER_TASK` test rows of each task are appended to it with
+    their answers (for `examples.png`)."""
     from .metrics import METRICS
 
     results = []
-    for task, test, chance in built:
-        if test is None:
-            continue
-        output = trainer.predict(task.name, test)
+    scored = [(task, test, chance) for task, test, chance in built if test is not None]
+    for number, (task, test, chance) in enumerate(scored, start=1):
+        started = time.perf_counter()
+        output = trainer.predict(test, task=task.name)
+        _log(f"{label} {number}/{len(scored)}: {task.name}, {len(test)} rows in {time.perf_counter() - started:.1f}s")
         predictions, references = task.scored_pairs(output.predictions, output.label_ids)
-        baseline = chance if chance is not None else math.nan
+        if examples is not None and output.label_ids is not None and len(output.predictions) == len(test):
+            for index in range(min(EXAMPLES_PER_TASK, len(test))):
+                answer, reference = task.prediction(output.predictions[index]), output.label_ids[index]
+                examples.append(Example(task.name, task.instruction, test[index], answer, reference))
         for metric in task.metrics:
             spec = METRICS[metric]
             low, high = bootstrap_interval(spec.fn, predictions, references)  # NaN without references
             value = output.metrics[f"test_{task.name}_{metric}"]
+            baseline = chance.get(metric, math.nan)
             results.append(
                 TaskResult(task.name, metric, value, baseline, spec.higher_is_better, task.instruction, low, high)
             )
     return results
+
+
+EXAMPLES_PER_TASK = 3
+
+
+def _quiet_progress_bars() -> None:
+    """No library progress bars (saving shards, writing datasets) unless stdout is a terminal: in a log file a bar
+    leaves carriage returns and escape codes."""
+    if sys.stdout.isatty():
+        return
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    try:
+        import datasets
+    except ImportError:
+        return
+    datasets.disable_progress_bars()
+
+
+def _install_console(trainer: Any, tasks: Sequence[Any], chance: Mapping[str, float], log_file: Path) -> None:
+    """`ConsoleCallback` in place of `Trainer`'s printer and progress bar (one of the two is installed)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .console import ConsoleCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ConsoleCallback([t.name for t in tasks], chance=chance, log_file=log_file))
 
 
 def run(config: dict[str, Any]) -> list[TaskResult]:
@@ -608,6 +658,7 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     from .trainer import MultiTaskTrainer
 
     started = time.perf_counter()
+    _quiet_progress_bars()
     config = validate_config(copy.deepcopy(config))
     output_dir = Path(config.get("output_dir", "outputs/demo"))
     seed = int(config.get("seed", 0))
@@ -652,13 +703,16 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
         temperature=float(sampling.get("temperature", 1.0)),
         mode=sampling.get("mode"),
     )
+    chance = {f"{task.name} {metric}": value for task, _, baselines in built for metric, value in baselines.items()}
+    _install_console(trainer, tasks, chance, output_dir / "train_log.jsonl")
     resume = MultiTaskTrainer.last_complete_checkpoint(args.output_dir)
     if resume:
         _log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
     _log(f"trained ({time.perf_counter() - started:.0f}s); evaluating every task on its test split")
 
-    results = _test_results(trainer, built)  # every rank generates its share; the answers are gathered
+    examples: list[Example] = []
+    results = _test_results(trainer, built, examples)  # every rank generates its share; the answers are gathered
     main = trainer.is_world_process_zero()
     if main:
         print(results_table(results), flush=True)
@@ -667,17 +721,19 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
         # The int8 accuracy check: the same test splits with dynamically quantized linear layers.
         quantized = modeling_ofa.quantize_dynamic_int8(trainer.model.cpu())
         int8_trainer = MultiTaskTrainer(model=quantized, args=args, tasks=tasks, processor=processor)
-        int8 = _test_results(int8_trainer, built)
+        int8 = _test_results(int8_trainer, built, label="int8 test")
         if main:
             print("int8 (dynamic quantization of the linear layers):\n" + results_table(int8), flush=True)
 
     if main:
-        _write_outputs(trainer, processor, tasks, results, int8, output_dir, save_hub_folder)
+        _write_outputs(trainer, trainer.processing_class, tasks, results, int8, output_dir, save_hub_folder, examples)
     # The other ranks wait until the folder is complete (a launcher may read it as soon as every rank exits).
     trainer.accelerator.wait_for_everyone()
-    failed = [r.task for r in results if not r.beats_chance]
+    failed = sorted({r.task for r in below_chance(results)})
     if failed:
-        _log(f"tasks not above chance: {failed}")
+        _log(f"tasks not clearly above chance: {failed}")
+    elif not any(r.has_chance for r in results):
+        _log("no chance levels are known for these tasks: their metrics are reported without a verdict")
     _log(f"done in {time.perf_counter() - started:.0f}s; Hub-ready folder: {output_dir}")
     return results
 
@@ -690,11 +746,13 @@ def _write_outputs(
     int8: Sequence[TaskResult] | None,
     final: Path,
     save_hub_folder: Callable[..., Any],
+    examples: Sequence[Example] = (),
 ) -> None:
-    """The Hub folder, results and curves (the main process only)."""
+    """The Hub folder, results, curves and example pictures (the main process only)."""
     description = (
         "An OFA+ model trained offline by `ofa-hf` on its multi-task demo corpus. Test-split metrics beside the "
-        "chance-level score of the same metric (a constant answer or a fixed box):\n\n" + results_markdown(results)
+        "chance-level score of the same metric (a constant answer or a fixed box):\n\n"
+        + results_markdown(results, int8)
     )
     save_hub_folder(
         trainer.model,
@@ -709,5 +767,8 @@ def _write_outputs(
         for row, quantized in zip(rows, int8):
             row["int8_value"] = quantized.value
     (final / "results.json").write_text(json.dumps(rows, indent=2))
-    (final / "results.md").write_text(results_markdown(results) + "\n")
-    plot_curves(trainer.state.log_history, final / "curves.png", [t.name for t in tasks])
+    (final / "results.md").write_text(results_markdown(results, int8) + "\n")
+    chance = {f"{r.task} {r.metric}": r.chance for r in results if r.has_chance}
+    plot_curves(trainer.state.log_history, final / "curves.png", [t.name for t in tasks], chance)
+    if examples:
+        plot_examples(examples, final / "examples.png", per_task=EXAMPLES_PER_TASK)

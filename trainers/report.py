@@ -1,4 +1,5 @@
-"""Run reports: per-task results beside their chance baselines, and loss/metric curves as a PNG.
+"""Run reports: per-task results beside their chance baselines, and the points of the loss/metric curves
+(drawn by `trainers.plots`).
 
 A test split of a hundred examples moves a metric by several points between equally good models, so a result
 carries a percentile-bootstrap interval over its test examples, and a task counts as beating chance only when
@@ -10,10 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-__all__ = ["TaskResult", "bootstrap_interval", "curve_series", "plot_curves", "results_markdown", "results_table"]
+__all__ = [
+    "TaskResult",
+    "below_chance",
+    "bootstrap_interval",
+    "curve_series",
+    "results_markdown",
+    "results_table",
+    "split_metric_key",
+]
 
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
@@ -101,37 +109,88 @@ class TaskResult:
         return (worst > self.chance) if self.higher_is_better else (worst < self.chance)
 
     @property
+    def has_chance(self) -> bool:
+        """Whether a chance level is known (the demo's tasks; a user's own task has none, so no verdict)."""
+        return math.isfinite(self.chance)
+
+    @property
+    def verdict(self) -> str:
+        """`"yes"` / `"NO"` for "clearly above chance", `"-"` when no chance level is known."""
+        if not self.has_chance:
+            return "-"
+        return "yes" if self.beats_chance else "NO"
+
+    @property
     def interval(self) -> str:
         return "" if math.isnan(self.low) else f"[{self.low:.3f}, {self.high:.3f}]"
 
 
+def below_chance(results: Sequence[TaskResult]) -> list[TaskResult]:
+    """The results whose chance level is known and that are not clearly above it (a run's failures)."""
+    return [r for r in results if r.has_chance and not r.beats_chance]
+
+
+def _fixed(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else "-"
+
+
 def results_table(results: Sequence[TaskResult]) -> str:
-    """A fixed-width table for the terminal."""
+    """A fixed-width table for the terminal. Without a chance level (a user's own task), chance, margin and the
+    verdict are dashes: there is nothing to beat."""
     level = f"{BOOTSTRAP_LEVEL:.0%} interval"
     header = f"{'task':<17}{'metric':<16}{'model':>7}  {level:<16}{'chance':>7}{'margin':>8}  clearly above chance"
     lines = [header, "-" * len(header)]
     for r in results:
         arrow = "" if r.higher_is_better else " (lower is better)"
         lines.append(
-            f"{r.task:<17}{r.metric:<16}{r.value:>7.3f}  {r.interval:<16}{r.chance:>7.3f}{r.margin:>+8.3f}  "
-            f"{'yes' if r.beats_chance else 'NO'}{arrow}"
+            f"{r.task:<17}{r.metric:<16}{r.value:>7.3f}  {r.interval:<16}{_fixed(r.chance, '.3f'):>7}"
+            f"{_fixed(r.margin, '+.3f'):>8}  {r.verdict}{arrow}"
         )
+    if results and not any(r.has_chance for r in results):
+        lines.append("(no chance levels are known for these tasks: the metrics are reported without a verdict)")
     return "\n".join(lines)
 
 
-def results_markdown(results: Sequence[TaskResult]) -> str:
-    """The same results as a Markdown table (README, model card)."""
-    lines = [
-        f"| task | instruction | metric | model | {BOOTSTRAP_LEVEL:.0%} interval | chance |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
+def results_markdown(results: Sequence[TaskResult], int8: Sequence[TaskResult] | None = None) -> str:
+    """The same results as a Markdown table (README, model card, `results.md`); with `int8` (the same tasks scored
+    with int8 linear layers, in the same order), an int8 column."""
+    if int8 is not None and [(r.task, r.metric) for r in int8] != [(r.task, r.metric) for r in results]:
+        raise ValueError("results_markdown: the int8 results must be the same (task, metric) rows in the same order")
+    level = f"{BOOTSTRAP_LEVEL:.0%} interval"
+    columns = ["task", "instruction", "metric", "model", level, "chance", *(["int8"] if int8 else []), "above chance"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for index, r in enumerate(results):
         metric = r.metric + ("" if r.higher_is_better else " (lower is better)")
         instruction = r.instruction.replace("|", "\\|")
-        lines.append(
-            f"| {r.task} | `{instruction}` | {metric} | {r.value:.3f} | {r.interval or '-'} | {r.chance:.3f} |"
-        )
+        cells = [r.task, f"`{instruction}`", metric, f"{r.value:.3f}", r.interval or "-", _fixed(r.chance, ".3f")]
+        if int8:
+            cells.append(f"{int8[index].value:.3f}")
+        cells.append(r.verdict)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def split_metric_key(key: str, tasks: Sequence[str], prefix: str = "eval") -> tuple[str, str] | None:
+    """`(task, metric)` of a per-task metric key `<prefix>_<task>_<metric>`, as the trainer writes it; None for any
+    other key (`eval_loss`, `eval_runtime`, a task not in `tasks`).
+
+    Task and metric names may both contain `_` (`motion_class`, `exact_match`, and `motion` beside `motion_class`), so
+    the key is split at the longest task name of `tasks` it starts with, never at an underscore.
+
+    Args:
+        key: A log key, e.g. `"eval_motion_class_accuracy"`.
+        tasks: The run's task names.
+        prefix: The key's prefix (`"eval"` during training, `"test"` for `predict`, `"loss"` for training losses).
+    """
+    head = f"{prefix}_"
+    if not key.startswith(head):
+        return None
+    rest = key[len(head) :]
+    for task in sorted(tasks, key=len, reverse=True):
+        if rest.startswith(f"{task}_"):
+            metric = rest[len(task) + 1 :]
+            return (task, metric) if metric else None  # the longest match decides, even when its metric is empty
+    return None
 
 
 def curve_series(
@@ -139,10 +198,8 @@ def curve_series(
 ) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
     """The points `plot_curves` draws: ({task: [(step, loss)]}, {"<task> <metric>": [(step, value)]}).
 
-    Keys are `loss_<task>` (training) and `eval_<task>_<metric>` (evaluation). Task names may contain `_`
-    (`motion_class`), so an evaluation key is split at the longest task name it starts with, not at an underscore.
+    Keys are `loss_<task>` (training) and `eval_<task>_<metric>` (evaluation, split by `split_metric_key`).
     """
-    by_length = sorted(tasks, key=len, reverse=True)
     losses: dict[str, list[tuple[int, float]]] = {}
     metrics: dict[str, list[tuple[int, float]]] = {}
     for entry in log_history:
@@ -154,40 +211,6 @@ def curve_series(
                 continue
             if key.startswith("loss_") and key[len("loss_") :] in tasks:
                 losses.setdefault(key[len("loss_") :], []).append((step, float(value)))
-            elif key.startswith("eval_"):
-                task = next((t for t in by_length if key.startswith(f"eval_{t}_")), None)
-                metric = key[len(f"eval_{task}_") :] if task else ""
-                if task and metric not in ("", "loss", "runtime"):
-                    metrics.setdefault(f"{task} {metric}", []).append((step, float(value)))
+            elif (split := split_metric_key(key, tasks)) is not None and split[1] not in ("loss", "runtime"):
+                metrics.setdefault(f"{split[0]} {split[1]}", []).append((step, float(value)))
     return losses, metrics
-
-
-def plot_curves(log_history: Sequence[Mapping[str, Any]], path: str | Path, tasks: Sequence[str]) -> Path:
-    """Plot per-task training loss and evaluation metrics against the step, into one PNG with two panels.
-
-    `log_history` is `trainer.state.log_history`: entries with `step` and keys `loss_<task>` (training) and
-    `eval_<task>_<metric>` (evaluation); `curve_series` picks the points.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    losses, metrics = curve_series(log_history, tasks)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6))
-    for name, points in sorted(losses.items()):
-        left.plot(*zip(*points), label=name)
-    left.set(title="training loss per task", xlabel="optimizer step", ylabel="token cross-entropy")
-    for name, points in sorted(metrics.items()):
-        right.plot(*zip(*points), marker="o", label=name)
-    right.set(title="validation metric per task", xlabel="optimizer step", ylabel="metric")
-    for ax in (left, right):
-        if ax.lines:
-            # Below the panel: inside it, the legend hides whichever curves run where it is placed.
-            ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
