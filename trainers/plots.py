@@ -283,7 +283,6 @@ def examples_figure(examples: Sequence[Example], per_task: int = 3) -> Any:
                     va="center",
                     fontsize=8,
                     transform=ax.transAxes,
-                    wrap=True,
                 )
                 lines = []
             lines.append(f"model: {textwrap.shorten(_answer_text(example.prediction), 48)}")

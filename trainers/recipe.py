@@ -643,6 +643,29 @@ def _install_console(trainer: Any, tasks: Sequence[Any], chance: Mapping[str, fl
     trainer.add_callback(ConsoleCallback([t.name for t in tasks], chance=chance, log_file=log_file))
 
 
+def _model(config: Mapping[str, Any], tokenizer: Any, processor: Any) -> Any:
+    """The model section: a trained folder (`checkpoint`) or a new model of a preset sized to the tokenizer."""
+    import modeling_ofa
+
+    m = dict(config.get("model") or {})
+    overrides = dict(m.get("overrides") or {})
+    if "checkpoint" in m:
+        return modeling_ofa.OFAForConditionalGeneration.from_pretrained(m["checkpoint"], **overrides)
+    if processor.motion.feature_size:
+        overrides.setdefault("motion_feature_size", processor.motion.feature_size)
+    model_config = modeling_ofa.OFAConfig.from_preset(m.get("preset", "demo"), vocab_size=len(tokenizer), **overrides)
+    return modeling_ofa.OFAForConditionalGeneration(model_config)
+
+
+def _log_verdict(results: Sequence[TaskResult]) -> None:
+    """The run's verdict: the tasks not clearly above their known chance level, or that none is known."""
+    failed = sorted({r.task for r in below_chance(results)})
+    if failed:
+        _log(f"tasks not clearly above chance: {failed}")
+    elif not any(r.has_chance for r in results):
+        _log("no chance levels are known for these tasks: their metrics are reported without a verdict")
+
+
 def run(config: dict[str, Any]) -> list[TaskResult]:
     """Run a config end to end; returns the per-task test results (also written into the output folder).
 
@@ -680,17 +703,7 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     image_processor = processing.OFAImageProcessor(size=p.pop("image_size", 384))
     processor = processing.OFAProcessor(image_processor, tokenizer, **p)
 
-    m = dict(config.get("model") or {})
-    overrides = dict(m.get("overrides") or {})
-    if "checkpoint" in m:
-        model = modeling_ofa.OFAForConditionalGeneration.from_pretrained(m["checkpoint"], **overrides)
-    else:
-        if processor.motion.feature_size:
-            overrides.setdefault("motion_feature_size", processor.motion.feature_size)
-        model_config = modeling_ofa.OFAConfig.from_preset(
-            m.get("preset", "demo"), vocab_size=len(tokenizer), **overrides
-        )
-        model = modeling_ofa.OFAForConditionalGeneration(model_config)
+    model = _model(config, tokenizer, processor)
     _log(f"model: {sum(q.numel() for q in model.parameters()) / 1e6:.1f}M parameters, tokenizer: {len(tokenizer)}")
 
     sampling = dict(config.get("sampling") or {})
@@ -729,11 +742,7 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
         _write_outputs(trainer, trainer.processing_class, tasks, results, int8, output_dir, save_hub_folder, examples)
     # The other ranks wait until the folder is complete (a launcher may read it as soon as every rank exits).
     trainer.accelerator.wait_for_everyone()
-    failed = sorted({r.task for r in below_chance(results)})
-    if failed:
-        _log(f"tasks not clearly above chance: {failed}")
-    elif not any(r.has_chance for r in results):
-        _log("no chance levels are known for these tasks: their metrics are reported without a verdict")
+    _log_verdict(results)
     _log(f"done in {time.perf_counter() - started:.0f}s; Hub-ready folder: {output_dir}")
     return results
 
