@@ -78,8 +78,7 @@ def test_target_kinds_are_one_table():
         assert target_kind(plan.templates[0].target_slot) == kind and kind in TARGET_KINDS
         closed = plan.templates[0].target_slot.closed_set if kind == "label" else False
         assert Task("t", instruction, candidates=["x"] if closed else None).target_kind == kind
-        if hasattr(plan, "target_kind"):  # the plan's own property
-            assert plan.target_kind == kind
+        assert plan.target_kind == kind  # the plan's own property
 
 
 def test_groups_by_template_and_prefix_in_input_order(processor, model, monkeypatch):
