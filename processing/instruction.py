@@ -246,8 +246,6 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             "keep every N-th motion frame, from a random phase",
             {"MOTION"},
             minimum=1,
-            not_supported="OFAProcessor does not pass it to the motion preprocessor yet (MotionPreprocessor's "
-            "sample_rate= call option implements it; MotionPreprocessor(frame_stride=N) is a fixed stride)",
         ),
         _spec(
             "soft_trim",
@@ -258,16 +256,12 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             maximum=1.0,
             exclusive_minimum=True,
             exclusive_maximum=True,
-            not_supported="OFAProcessor does not pass it to the motion preprocessor yet (MotionPreprocessor's "
-            "soft_trim= call option implements it)",
         ),
         _spec(
             "window",
             bool,
             "crop a random window of min_length..max_length motion frames (OFASys only tests its presence)",
             {"MOTION"},
-            not_supported="OFAProcessor does not pass it to the motion preprocessor yet (MotionPreprocessor's "
-            "window= call option implements it)",
         ),
         _spec(
             "anchor_frame",

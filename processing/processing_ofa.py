@@ -683,7 +683,15 @@ class _Context:
             example["audio_features"] = out["input_features"][0][:length]
         else:  # MOTION
             out = self.p.motion(
-                value, max_length=slot.attr("max_length"), min_length=slot.attr("min_length"), where=self.where
+                value,
+                max_length=slot.attr("max_length"),
+                min_length=slot.attr("min_length"),
+                sample_rate=slot.attr("sample_rate"),
+                soft_trim=slot.attr("soft_trim"),
+                window=bool(slot.attr("window", False)),
+                # Random sampling augments training; other splits see the deterministic (phase 0, centred) clip.
+                rng=self.rng if self.split == "train" else None,
+                where=self.where,
             )
             example["motion_features"] = out["motion_features"]
 

@@ -212,6 +212,64 @@ def check_max_length_audio(processor, modality, side):
     assert len(full) > 5 and len(cut) == 5  # (the values differ too: the features are normalized per clip)
 
 
+def motion_row(num_frames=20):
+    return {"m": np.random.default_rng(1).normal(size=(num_frames, 3, 2)), "t": "walk"}
+
+
+def motion_steps(processor, instruction, row, split, row_index=0):
+    example = processor.encode(parse_instruction(instruction), row, split=split, seed=3, row_index=row_index)
+    return np.asarray(example["motion_features"])
+
+
+def same_as_clip(processor, features, frames) -> bool:
+    expected = processor.motion(frames)["motion_features"]
+    return features.shape == expected.shape and np.allclose(features, expected)
+
+
+def check_sample_rate(processor, modality, side):
+    row = motion_row()
+    clip = row["m"]
+    assert len(motion_steps(processor, "[MOTION:m] -> [TEXT:t]", row, "train")) == 20
+    # Evaluation keeps every 2nd frame from frame 0; training draws the phase per example.
+    assert same_as_clip(
+        processor, motion_steps(processor, "[MOTION:m,sample_rate=2] -> [TEXT:t]", row, "eval"), clip[::2]
+    )
+    phases = set()
+    for index in range(12):
+        steps = motion_steps(processor, "[MOTION:m,sample_rate=2] -> [TEXT:t]", row, "train", row_index=index)
+        phase = [p for p in (0, 1) if same_as_clip(processor, steps, clip[p::2])]
+        assert len(phase) == 1
+        phases.add(phase[0])
+    assert phases == {0, 1}
+
+
+def check_soft_trim(processor, modality, side):
+    row = motion_row(40)
+    clip = row["m"]
+    evaluated = motion_steps(processor, "[MOTION:m,soft_trim=0.5] -> [TEXT:t]", row, "eval")
+    assert same_as_clip(processor, evaluated, clip[10:30])  # margins of 0.5 * 40 / 2
+    lengths = {
+        len(motion_steps(processor, "[MOTION:m,soft_trim=0.5] -> [TEXT:t]", row, "train", row_index=i))
+        for i in range(8)
+    }
+    assert max(lengths) < 40 and len(lengths) > 1
+
+
+def check_window(processor, modality, side):
+    row = motion_row()
+    clip = row["m"]
+    evaluated = motion_steps(processor, "[MOTION:m,window,max_length=6] -> [TEXT:t]", row, "eval")
+    assert same_as_clip(processor, evaluated, clip[7:13])  # the centred window; without `window`, frames 0..5
+    assert same_as_clip(
+        processor, motion_steps(processor, "[MOTION:m,max_length=6] -> [TEXT:t]", row, "eval"), clip[:6]
+    )
+    lengths = {
+        len(motion_steps(processor, "[MOTION:m,window,min_length=2,max_length=6] -> [TEXT:t]", row, "train", i))
+        for i in range(16)
+    }
+    assert lengths <= set(range(2, 7)) and len(lengths) > 2
+
+
 TOKEN_MODALITIES = {
     "max_length": ("TEXT", "STRUCT", "PHONE", "CATEGORY"),
     "uncased": ("TEXT", "CATEGORY", "STRUCT"),
@@ -243,6 +301,9 @@ CASES = {
     ("max_length", "MOTION", "encoder"): check_max_length_motion,
     ("max_length", "AUDIO", "encoder"): check_max_length_audio,
     ("min_length", "MOTION", "encoder"): check_min_length,
+    ("sample_rate", "MOTION", "encoder"): check_sample_rate,
+    ("soft_trim", "MOTION", "encoder"): check_soft_trim,
+    ("window", "MOTION", "encoder"): check_window,
 }
 
 
