@@ -99,7 +99,7 @@ def trained(tmp_path_factory):
     [("side", "accuracy", side_rows(40, 100), 0.5, 0.25), ("animal", "exact_match", animal_rows(40, 101), 0.25, 0.3)],
 )
 def test_new_task_beats_chance_on_held_out_rows(trained, task, metric, rows, chance, margin):
-    output = trained.predict(task, datasets.Dataset.from_list(rows))
+    output = trained.predict(datasets.Dataset.from_list(rows), task=task)
     accuracy = output.metrics[f"test_{task}_{metric}"]
     print(task, metric, accuracy)
     assert accuracy >= chance + margin, f"{task}: held-out accuracy {accuracy:.2f}, chance {chance:.2f}"

@@ -378,8 +378,8 @@ DEMO_VARIANTS = {
 
 
 def test_cli_demo_tasks(demo_output, tmp_path, capsys):
-    from processing.demo_data import DEMO_TASK_NAMES
     from scripts.export_onnx import main
+    from trainers.demo import DEMO_TASK_NAMES
 
     folder = demo_output[0]
     data = folder.parents[1] / "demo_data"

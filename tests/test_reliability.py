@@ -233,7 +233,7 @@ def test_malformed_generated_boxes_are_counted(processor, tmp_path):
     model = OFAForConditionalGeneration(OFAConfig(**tiny_config_kwargs(vocab_size=len(processor.tokenizer))))
     args = Seq2SeqTrainingArguments(str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
     trainer = MultiTaskTrainer(model=model, args=args, tasks=[grounding], processor=processor)
-    output = trainer.predict("ground", logits_processor=[TextNotBins()], num_beams=1)
+    output = trainer.predict(task="ground", logits_processor=[TextNotBins()], num_beams=1)
     assert output.predictions == [{"box": None}] * 3
     assert output.metrics["test_ground_iou_accuracy"] == 0.0 and output.metrics["test_ground_malformed_boxes"] == 3
 

@@ -80,8 +80,8 @@ def rows(n: int = 6) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def model_and_processor(tmp_path_factory):
-    """A tiny model and the processor as training leaves it: `MultiTaskTrainer` saves each task's instruction, closed
-    set and generation settings into it."""
+    """A tiny model and the processor training saves with it (`MultiTaskTrainer.processing_class`): it carries each
+    task's instruction, closed set and generation settings."""
     tokenizer = train_demo_tokenizer([WORDS] * 20, vocab_size=300, num_codes=16, num_bins=50)
     processor = OFAProcessor(OFAImageProcessor(size=32), tokenizer, max_image_size=32)
     torch.manual_seed(0)
@@ -91,8 +91,8 @@ def model_and_processor(tmp_path_factory):
         Task("vqa", TASKS["vqa"], train_dataset=rows()),
     ]
     args = Seq2SeqTrainingArguments(str(tmp_path_factory.mktemp("trainer")), report_to="none", use_cpu=True)
-    MultiTaskTrainer(model=model, args=args, tasks=tasks, processor=processor)
-    return model.eval(), processor
+    trainer = MultiTaskTrainer(model=model, args=args, tasks=tasks, processor=processor)
+    return model.eval(), trainer.processing_class
 
 
 @pytest.fixture(scope="module")
@@ -503,9 +503,9 @@ trainer = MultiTaskTrainer(model=adapters.model, args=args, tasks=tasks, process
 trainer.train()
 base_moved = [n for n, p in adapters.model.named_parameters() if n in base and not torch.equal(p, base[n])]
 adapters.save(f"{out}/adapters")
-processor.save_pretrained(f"{out}/adapters")
+trainer.processing_class.save_pretrained(f"{out}/adapters")  # it carries the tasks
 adapters.model.eval()
-batch = processor("caption", {"img": Image.new("RGB", (32, 32), "red"), "cap": "a red circle"})
+batch = trainer.processing_class("caption", {"img": Image.new("RGB", (32, 32), "red"), "cap": "a red circle"})
 logits = {}
 for task in adapters.tasks:
     adapters.activate(task)
