@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
 
 from .configuration_ofa import EXTRA_MODALITIES, MODALITIES, MOE_TYPES, PRESETS, RESNET_LAYERS, OFAConfig
+from .configuration_vqgan import VQGAN_PRESETS, OFAVQGANConfig
 from .modeling_ofa import (
     CACHE_NAME,
     OFACache,
@@ -34,6 +35,15 @@ from .modeling_ofa import (
     OFASeq2SeqLMOutput,
     micro_batch_share,
     shift_tokens_right,
+)
+from .modeling_vqgan import (
+    OFAVQGANModel,
+    OFAVQGANOutput,
+    VQTrainingResult,
+    images_to_pixel_values,
+    pixel_values_to_images,
+    reconstruction_error,
+    train_vq_tokenizer,
 )
 from .moe import (
     FeedForward,
@@ -61,6 +71,13 @@ if TYPE_CHECKING:
         convert_state_dict,
         load_original_checkpoint,
     )
+    from .convert_vqgan import (
+        config_from_taming_yaml,
+        convert_vqgan_checkpoint,
+        convert_vqgan_state_dict,
+        load_converted_vqgan,
+        load_vqgan_checkpoint,
+    )
     from .onnx import OnnxOFA, OnnxValidation, export_onnx, quantize_onnx_int8, validate_onnx
     from .peft_utils import (
         LORA_TARGET_GROUPS,
@@ -80,6 +97,13 @@ _LAZY_MODULES = {
         "convert_state_dict",
         "load_original_checkpoint",
     ],
+    ".convert_vqgan": [
+        "config_from_taming_yaml",
+        "convert_vqgan_checkpoint",
+        "convert_vqgan_state_dict",
+        "load_converted_vqgan",
+        "load_vqgan_checkpoint",
+    ],
     ".onnx": ["OnnxOFA", "OnnxValidation", "export_onnx", "quantize_onnx_int8", "validate_onnx"],
     ".peft_utils": [
         "LORA_TARGET_GROUPS",
@@ -93,6 +117,20 @@ _LAZY_MODULES = {
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = [
+    "VQGAN_PRESETS",
+    "OFAVQGANConfig",
+    "OFAVQGANModel",
+    "OFAVQGANOutput",
+    "VQTrainingResult",
+    "images_to_pixel_values",
+    "pixel_values_to_images",
+    "reconstruction_error",
+    "train_vq_tokenizer",
+    "config_from_taming_yaml",
+    "convert_vqgan_checkpoint",
+    "convert_vqgan_state_dict",
+    "load_converted_vqgan",
+    "load_vqgan_checkpoint",
     "OnnxOFA",
     "OnnxValidation",
     "export_onnx",
