@@ -136,6 +136,12 @@ class OFACache(EncoderDecoderCache):
             batch row, so beam reordering leaves them; after `crop` the first rows are used.
         cross_position_keys (`torch.Tensor` of shape `(batch_size, num_heads, encoder_length, head_dim)`, *optional*):
             The decoder's projection of the encoder's position embeddings, computed on the first decoder call.
+        cross_groups (`int`):
+            Size of the groups of consecutive batch rows whose encoder output is the same (the beams of one sample
+            after `generate` expanded the encoder output), found on the first decoder call; 1 when unknown. The
+            cross-attention keys and values are then projected once per group, and a beam reordering that stays
+            inside the groups leaves the cross-attention caches alone (their rows are equal within a group), which
+            saves copying `(batch_size, num_heads, encoder_length, head_dim)` tensors of every layer per step.
 
     Any `EncoderDecoderCache` handed to the model (by `generate` or by hand) is wrapped into one with `from_cache`,
     sharing its layer caches; the output carries the `OFACache`, which is what the next step should get.
@@ -145,6 +151,7 @@ class OFACache(EncoderDecoderCache):
         super().__init__(*caches)
         self.self_position_keys: dict[int, torch.Tensor] = {}
         self.cross_position_keys: torch.Tensor | None = None
+        self.cross_groups = 1
 
     @classmethod
     def from_cache(cls, cache: Cache) -> OFACache:
@@ -164,9 +171,20 @@ class OFACache(EncoderDecoderCache):
         super().reset()
         self.self_position_keys = {}
         self.cross_position_keys = None
+        self.cross_groups = 1
+
+    def _stays_in_groups(self, beam_idx: torch.LongTensor) -> bool:
+        """Whether every row `i` takes its new content from a row of its own group (`cross_groups` rows)."""
+        if self.cross_groups == 1:
+            return False
+        rows = torch.arange(beam_idx.shape[0], device=beam_idx.device)
+        return torch.equal(beam_idx // self.cross_groups, rows // self.cross_groups)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        super().reorder_cache(beam_idx)
+        self.self_attention_cache.reorder_cache(beam_idx)
+        if self._stays_in_groups(beam_idx):
+            return  # cross-attention rows are equal within a group: reordering inside one changes nothing
+        self.cross_attention_cache.reorder_cache(beam_idx)
         if self.cross_position_keys is not None:
             self.cross_position_keys = self.cross_position_keys.index_select(
                 0, beam_idx.to(self.cross_position_keys.device)
@@ -174,11 +192,13 @@ class OFACache(EncoderDecoderCache):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
+        self.cross_groups = 1
         if self.cross_position_keys is not None:
             self.cross_position_keys = self.cross_position_keys.repeat_interleave(repeats, dim=0)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
+        self.cross_groups = 1
         if self.cross_position_keys is not None:
             self.cross_position_keys = self.cross_position_keys[indices]
 
@@ -262,6 +282,39 @@ def _additive_mask(masked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Boolean mask (True = masked key) -> additive float mask: 0 where attended, the dtype's most negative finite
     value where masked (finite, so a fully masked row stays free of NaN)."""
     return torch.zeros(masked.shape, dtype=dtype, device=masked.device).masked_fill(masked, torch.finfo(dtype).min)
+
+
+def _tracing() -> bool:
+    """Whether the model is being traced or compiled: data-dependent shortcuts must then stay out of the graph."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def _batch_invariant(x: torch.Tensor) -> bool:
+    """Whether `x` (batch first) is one row broadcast over the batch, so that work on it can run on one row."""
+    return x.shape[0] == 1 or x.stride(0) == 0
+
+
+def _row_group_size(*tensors: torch.Tensor) -> int:
+    """Size k of the groups of consecutive batch rows that are equal in every tensor (1 if there are none).
+
+    `generate` repeats the encoder output once per beam (or returned sequence) before the first decoder call; the
+    decoder then projects the cross-attention inputs once per group. Comparing the rows costs one pass over the
+    encoder output, a small fraction of the projections it saves.
+    """
+    bsz = tensors[0].shape[0]
+    if bsz == 1 or _tracing():
+        return 1
+    first = tensors[0]
+    size = 1
+    while size < bsz and torch.equal(first[size], first[0]):
+        size += 1
+    if size == 1 or bsz % size:
+        return 1
+    for t in tensors:
+        grouped = t.reshape(bsz // size, size, *t.shape[1:])
+        if not torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
+            return 1
+    return size
 
 
 @dataclass
@@ -418,6 +471,7 @@ class OFAAttention(nn.Module):
         position_bias: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
+        kv_repeats: int = 1,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
@@ -429,6 +483,8 @@ class OFAAttention(nn.Module):
                 OFA's absolute plus relative position bias.
             key_value_states (`torch.Tensor`, *optional*): The encoder output, for cross-attention.
             cache (`EncoderDecoderCache`, *optional*): The decoder's cache; this layer's keys and values are added.
+            kv_repeats (`int`): Cross-attention only: `key_value_states` holds one row per group of this many
+                query rows (beams); its projected keys and values are repeated to the query batch.
         """
         bsz, tgt_len, _ = hidden_states.shape
         query = self._heads(self.q_proj(hidden_states))  # (B, H, T, D/H)
@@ -442,6 +498,8 @@ class OFAAttention(nn.Module):
         else:
             source = key_value_states if self.is_cross else hidden_states
             key, value = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))  # (B, H, S, D/H)
+            if kv_repeats > 1:  # (B/k, H, S, D/H) -> (B, H, S, D/H)
+                key, value = key.repeat_interleave(kv_repeats, 0), value.repeat_interleave(kv_repeats, 0)
             if layer_cache is not None:
                 key, value = layer_cache.update(key, value, self.layer_idx)
                 if self.is_cross:
@@ -590,18 +648,22 @@ class OFAEncoderLayer(_OFALayer):
         """
         Args:
             hidden_states (`torch.Tensor` of shape `(batch_size, length, d_model)`): The layer's input.
-            attention_mask (`torch.Tensor` of shape `(batch_size, 1, length, length)`): Additive key-padding mask.
+            attention_mask (`torch.Tensor` of shape `(batch_size, 1, length, length)`, *optional*): Additive
+                key-padding mask.
             position_bias (`torch.Tensor` of shape `(batch_size, num_heads, length, length)`): The position bias; or,
                 with `bias_builder`, what the builder turns into it.
             modality_ids (`torch.Tensor` of shape `(batch_size, length)`, *optional*): Routes modality experts.
             token_mask (`torch.Tensor` of shape `(batch_size, length)`, *optional*): True at real positions; expert
                 blocks route only those.
             bias_builder (`Callable`, *optional*): Builds this layer's bias from `position_bias` (the part all layers
-                share). It runs here, inside the region that gradient checkpointing recomputes, so checkpointing
-                keeps the shared tensor once rather than one `(batch_size, num_heads, length, length)` bias per layer.
+                share) and `attention_mask`, which it includes. It runs here, inside the region that gradient
+                checkpointing recomputes, so checkpointing keeps the shared tensor once rather than one
+                `(batch_size, num_heads, length, length)` bias per layer.
         """
         if bias_builder is not None:
-            position_bias = bias_builder(position_bias)
+            # The builder folds the mask into the bias, which the attention then takes as is (SDPA would otherwise
+            # add the two in one more pass over a (B, H, N, N) tensor).
+            position_bias, attention_mask = bias_builder(position_bias, attention_mask), None
         hidden_states = self.attention_block(
             self.self_attn,
             self.self_attn_layer_norm,
@@ -636,22 +698,25 @@ class OFADecoderLayer(_OFALayer):
         modality_ids: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
+        cross_kv_repeats: int = 1,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         """
         Args:
             hidden_states (`torch.Tensor` of shape `(batch_size, target_length, d_model)`): The layer's input.
-            attention_mask (`torch.Tensor` of shape `(batch_size, 1, target_length, key_length)`): Additive causal
-                and padding mask of the self-attention.
+            attention_mask (`torch.Tensor` of shape `(batch_size, 1, target_length, key_length)`, *optional*):
+                Additive causal and padding mask of the self-attention (None when `position_bias` includes it).
             position_bias (`torch.Tensor` of shape `(batch_size, num_heads, target_length, key_length)`):
                 Self-attention position bias.
             encoder_hidden_states (`torch.Tensor` of shape `(batch_size, encoder_length, d_model)`): Encoder output.
-            encoder_attention_mask (`torch.Tensor` of shape `(batch_size, 1, target_length, encoder_length)`):
-                Additive encoder-padding mask.
+            encoder_attention_mask (`torch.Tensor` of shape `(batch_size, 1, target_length, encoder_length)`,
+                *optional*): Additive encoder-padding mask (None when `cross_position_bias` includes it).
             cross_position_bias (`torch.Tensor` of shape `(batch_size, num_heads, target_length, encoder_length)`):
                 Cross-attention position bias.
             modality_ids, token_mask: as in `OFAEncoderLayer.forward`.
             cache (`EncoderDecoderCache`, *optional*): Where the attention layers keep their keys and values.
+            cross_kv_repeats (`int`): `encoder_hidden_states` has one row per group of this many rows of
+                `hidden_states` (see `OFAAttention.forward`).
         """
         hidden_states = self.attention_block(
             self.self_attn,
@@ -672,6 +737,7 @@ class OFADecoderLayer(_OFALayer):
             position_bias=cross_position_bias,
             key_value_states=encoder_hidden_states,
             cache=cache,
+            kv_repeats=cross_kv_repeats,
             **kwargs,
         )
         return self.feed_forward_block(hidden_states, modality_ids, token_mask)
@@ -858,10 +924,15 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
             order = torch.rand(bsz, num_patches, device=features.device).argsort(dim=1)[:, :sample]  # (B, P')
             features = features.gather(1, order[..., None].expand(-1, -1, features.shape[-1]))
             position_ids = position_ids.gather(1, order)
-        raw_positions = self.embed_image_positions(position_ids)  # (B, P, D)
+            raw_positions = self.embed_image_positions(position_ids)  # (B, P', D)
+            positions = self.image_pos_ln(raw_positions)
+        else:
+            # Every sample has the same grid: embed it once and broadcast (the bias then runs on one row too).
+            raw_positions = self.embed_image_positions(grid_ids)  # (P, D)
+            positions = self.image_pos_ln(raw_positions).expand(bsz, -1, -1)  # (B, P, D), one row broadcast
         x = self._finish_patches(self.image_proj(features) * self.embed_scale, raw_positions)
         padding = self._sample_mask(patch_masks, bsz, x.shape[1], x.device)
-        return _Segment(x, padding, self.image_pos_ln(raw_positions), position_ids, True, MODALITIES.index("IMAGE"))
+        return _Segment(x, padding, positions, position_ids, True, MODALITIES.index("IMAGE"))
 
     def embed_video(
         self, video_pixel_values: torch.Tensor, frame_indices: torch.Tensor | None, video_masks: torch.Tensor | None
@@ -994,15 +1065,24 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         x = torch.cat([seg.embeds for seg in segments], dim=1)  # (B, N, D)
         bsz, length = x.shape[:2]
         padding = torch.cat([seg.padding for seg in segments], dim=1)  # (B, N)
-        positions = torch.cat([seg.positions for seg in segments], dim=1)  # (B, N, D)
+        if all(_batch_invariant(seg.positions) for seg in segments):
+            # Positions do not depend on the sample (text, whole images): project them and build the absolute bias
+            # on one row, B times less work; the output still carries them as (B, N, D), a broadcast view.
+            position_rows = torch.cat([seg.positions[:1] for seg in segments], dim=1)  # (1, N, D)
+            positions = position_rows.expand(bsz, -1, -1)  # (B, N, D)
+        else:
+            positions = position_rows = torch.cat([seg.positions for seg in segments], dim=1)  # (B, N, D)
         modality_ids = torch.cat([seg.modality_ids(bsz) for seg in segments], dim=1)  # (B, N)
         x = x * (~padding).unsqueeze(-1).to(x.dtype)
 
-        # Absolute position bias, shared by all layers: (B, H, N, N).
-        pos_q = self._heads(self.pos_q_linear(positions)) * self.pos_scaling
-        pos_k = self._heads(self.pos_k_linear(positions))
+        # Absolute position bias, shared by all layers: (1 or B, H, N, N).
+        pos_q = self._heads(self.pos_q_linear(position_rows)) * self.pos_scaling
+        pos_k = self._heads(self.pos_k_linear(position_rows))
         abs_bias = torch.matmul(pos_q, pos_k.transpose(-1, -2))
+        abs_bias = abs_bias.expand(bsz, -1, -1, -1)  # (B, H, N, N), a view when it was built on one row
         mask = _additive_mask(padding[:, None, None, :], x.dtype).expand(bsz, 1, length, length)  # (B, 1, N, N)
+        if not _tracing() and not bool(padding.any()):
+            mask = None  # nothing to mask: a bias of one row then serves the whole batch
         # Relative buckets inside each segment (positions of different segments interact only through abs_bias);
         # the same for every layer, only the table they index differs.
         spans, start = [], 0
@@ -1035,18 +1115,24 @@ class OFAEncoder(OFAPreTrainedModel, _PositionTables):
         """Relative position table rows inside one segment: (B, n, n) for images, (n, n) for 1-D positions."""
         ids = segment.rel_ids
         if segment.is_image:
+            if _batch_invariant(ids):  # the same grid for every sample: (n, n), broadcast over the batch
+                return self.image_rp_bucket[ids[0, :, None], ids[0, None, :]]
             return self.image_rp_bucket[ids[:, :, None], ids[:, None, :]]  # ids: (B, n) grid ids
         return self.token_rp_bucket[ids[:, None], ids[None, :]]  # ids: (n,) 1-D positions
 
-    def layer_bias(self, abs_bias: torch.Tensor, idx: int, spans: list[_RelativeSpan]) -> torch.Tensor:
-        """Position bias of layer `idx`: the shared absolute bias (B, H, N, N), plus the relative bias inside each
-        span from the layer's tables."""
-        bias = abs_bias.clone()
+    def layer_bias(
+        self, abs_bias: torch.Tensor, mask: torch.Tensor | None = None, *, idx: int, spans: list[_RelativeSpan]
+    ) -> torch.Tensor:
+        """Position bias of layer `idx`: the shared absolute bias (B, H, N, N) plus the additive key-padding `mask`
+        (B, 1, N, N), plus the relative bias inside each span from the layer's tables. Without a mask and with an
+        absolute bias that is one row broadcast, the result is that one row, (1, H, N, N)."""
+        if _batch_invariant(abs_bias):
+            abs_bias = abs_bias[:1]  # (1, H, N, N): the broadcast rows are the same
+        bias = abs_bias.clone() if mask is None else abs_bias + mask  # a new tensor either way
         for span in spans:
-            if span.is_image:
-                rel = F.embedding(span.buckets, self.image_rel_pos_table_list[idx].weight).permute(0, 3, 1, 2)
-            else:
-                rel = F.embedding(span.buckets, self.token_rel_pos_table_list[idx].weight).permute(2, 0, 1)
+            table = (self.image_rel_pos_table_list if span.is_image else self.token_rel_pos_table_list)[idx].weight
+            rel = F.embedding(span.buckets, table)  # (n, n, H) or (B, n, n, H)
+            rel = rel.permute(0, 3, 1, 2) if rel.dim() == 4 else rel.permute(2, 0, 1)
             bias[:, :, span.start : span.end, span.start : span.end] += rel  # (H, n, n) or (B, H, n, n)
         return bias
 
@@ -1135,8 +1221,10 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         return torch.matmul(pos_q, keys.transpose(-1, -2)), keys
 
     def _cross_bias(self, positions: torch.Tensor, ln: nn.LayerNorm, past: int, keys: torch.Tensor) -> torch.Tensor:
-        """Absolute cross-attention bias of one position kind against the encoder positions: (B, H, T, N)."""
+        """Absolute cross-attention bias of one position kind against the encoder positions: (1 or B, H, T, N)."""
         pos_q = self._heads(self.cross_pos_q_linear(ln(positions[past:]))) * self.pos_scaling  # (H, T, D/H)
+        if _batch_invariant(keys):
+            keys = keys[:1]  # one row broadcast over the batch: (1, H, N, D/H)
         return torch.matmul(pos_q, keys.transpose(-1, -2))
 
     @merge_with_config_defaults
@@ -1190,6 +1278,13 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
             cache = OFACache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         elif cache is not None:
             cache = OFACache.from_cache(cache)
+            if not isinstance(cache.self_attention_cache, DynamicCache):
+                # A fixed-size cache returns keys for all its slots, which the biases and masks here (built for the
+                # positions so far) do not cover: it would attend to empty slots rather than fail.
+                raise TypeError(
+                    "OFA's decoder supports a DynamicCache for self-attention (generate's default), got "
+                    f"{type(cache.self_attention_cache).__name__}; do not pass cache_implementation='static'"
+                )
         past = cache.get_seq_length() if cache is not None else 0
         total = past + tgt_len
         self._check_length(total, "the decoder sequence")
@@ -1207,8 +1302,24 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         # step projects only its own positions: the encoder positions' keys once per encoder output, the decoder
         # positions' keys once per position.
         cross_keys = cache.cross_position_keys if cache is not None else None
+        kv_repeats = 1
+        if cache is not None and not cache.is_updated.get(0, False):
+            # First cached call: rows repeated per beam are projected once per group (see `OFACache`).
+            kv_repeats = cache.cross_groups = _row_group_size(
+                encoder_hidden_states, encoder_padding_mask, encoder_position_embeddings
+            )
+            encoder_hidden_states = encoder_hidden_states[::kv_repeats]  # (B/k, N, D)
         if cross_keys is None:
-            cross_keys = self._heads(self.cross_pos_k_linear(encoder_position_embeddings))  # (B, H, N, D/H)
+            rows = encoder_position_embeddings
+            if _batch_invariant(rows):
+                rows = rows[:1]  # the same positions in every row: project one, broadcast the rest
+            elif cache is not None:
+                rows = rows[:: cache.cross_groups]
+            cross_keys = self._heads(self.cross_pos_k_linear(rows))  # (1, B/k or B, H, N, D/H)
+            if cross_keys.shape[0] == 1:
+                cross_keys = cross_keys.expand(bsz, -1, -1, -1)
+            elif cross_keys.shape[0] != bsz:
+                cross_keys = cross_keys.repeat_interleave(bsz // cross_keys.shape[0], 0)
             if cache is not None:
                 cache.cross_position_keys = cross_keys
         self_abs = []  # [(H, T, S)]
@@ -1220,15 +1331,17 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
                 cache.self_position_keys[kind] = keys
         cross_abs = [self._cross_bias(pos, ln, past, cross_keys) for pos, ln in kinds]  # [(B, H, T, N)]
         cross_bias = torch.where(select, cross_abs[1], cross_abs[0]) if use_codes else cross_abs[0]
+        # The masks go into the biases, which the attention then takes as is: the cross-attention bias is the same
+        # in every layer, so its padding mask is added once rather than once per layer.
         encoder_mask = _additive_mask(encoder_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, N)
-        encoder_mask = encoder_mask.expand(bsz, 1, tgt_len, -1)  # (B, 1, T, N)
+        cross_bias = cross_bias + encoder_mask  # (B, H, T, N)
 
-        # Causal and padding mask over the S keys: (B, 1, T, S).
+        # Causal and padding mask over the S keys: (1 or B, 1, T, S).
         query_pos = torch.arange(past, total, device=device)
         masked = (torch.arange(total, device=device)[None, :] > query_pos[:, None])[None, None]
         if attention_mask is not None:
             masked = masked | attention_mask[:, None, None, -total:].eq(0)
-        self_mask = _additive_mask(masked, dtype).expand(bsz, 1, tgt_len, total)
+        self_mask = _additive_mask(masked, dtype)
         # Positions that experts route: real target tokens only.
         if attention_mask is not None:
             token_mask = attention_mask[:, -tgt_len:].ne(0)  # (B, T)
@@ -1254,24 +1367,35 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
                 )
         modality_ids = decoder_modality_ids.view(bsz, 1).expand(bsz, tgt_len)  # (B, T): one modality per target
 
+        # Relative text bias of every layer at once: one lookup in the layers' tables side by side, (L, H, T, S).
+        num_layers, heads = len(self.layers), self.num_heads
+        tables = torch.cat([table.weight for table in self.token_rel_pos_table_list], dim=1)  # (buckets, L*H)
+        rel_text = F.embedding(self.token_rp_bucket[past:total, :total], tables)  # (T, S, L*H)
+        rel_text = rel_text.view(tgt_len, total, num_layers, heads).permute(2, 3, 0, 1)  # (L, H, T, S)
+        if use_codes:
+            code_buckets = self.image_rp_bucket[code_ids[past:total, None], code_ids[None, :]]  # (T, S)
+            text_bias = rel_text + self_abs[0]  # (L, H, T, S)
+        else:
+            # With the causal and padding mask: (L, 1 or B, H, T, S), each layer's bias ready for the attention.
+            layer_biases = (rel_text + self_abs[0])[:, None] + self_mask[None]
+
         for idx, layer in enumerate(self.layers):
-            rel_text = F.embedding(self.token_rp_bucket[past:total, :total], self.token_rel_pos_table_list[idx].weight)
-            bias = self_abs[0] + rel_text.permute(2, 0, 1)  # (H, T, S)
             if use_codes:
-                buckets = self.image_rp_bucket[code_ids[past:total, None], code_ids[None, :]]  # (T, S)
-                rel_code = F.embedding(buckets, self.image_rel_pos_table_list[idx].weight).permute(2, 0, 1)
-                bias = torch.where(select, self_abs[1] + rel_code, bias)  # (B, H, T, S)
-            bias = bias.expand(bsz, -1, -1, -1)  # (B, H, T, S)
+                rel_code = F.embedding(code_buckets, self.image_rel_pos_table_list[idx].weight).permute(2, 0, 1)
+                bias = torch.where(select, self_abs[1] + rel_code, text_bias[idx]) + self_mask  # (B, H, T, S)
+            else:
+                bias = layer_biases[idx]  # (1 or B, H, T, S)
             x = layer(
                 x,
-                self_mask,
+                None,
                 bias,
                 encoder_hidden_states,
-                encoder_mask,
+                None,
                 cross_bias,
                 modality_ids,
                 token_mask,
                 cache=cache,
+                cross_kv_repeats=kv_repeats,
                 **kwargs,
             )
         if self.layer_norm is not None:

@@ -4,10 +4,25 @@ Example:
     python scripts/benchmark.py                       # every figure, base size
     python scripts/benchmark.py --quick --size tiny   # a short run on small shapes
     python scripts/benchmark.py --only train_step_vs_bart,decode_flatness --json out.json
+    python scripts/benchmark.py --threads 1 --reference-port /tmp/OFA --compile   # also the port and compile
 
 Timings alone are meaningless on a shared machine, so every figure is a ratio against a reference timed in the same
 run: transformers' `BartForConditionalGeneration` of the same dimensions, the dense model for mixture-of-experts,
-a large fp32 matmul for the machine's peak, OFA's own early decoding steps for decode flatness.
+a large fp32 matmul for the machine's peak, OFA's own early decoding steps for decode flatness, and, with
+`--reference-port DIR`, the original OFA port for transformers with the same weights.
+
+The original port (`*_vs_port` figures, `port_logits_parity`, `train_memory_vs_port`): fetch OFA-Sys/OFA, branch
+`feature/add_transformers`, and pass the checkout (or its `transformers/src/transformers/models/ofa` folder):
+
+    git clone --branch feature/add_transformers --depth 1 https://github.com/OFA-Sys/OFA /tmp/OFA
+    python scripts/benchmark.py --threads 1 --reference-port /tmp/OFA
+
+Nothing else is needed: the benchmark copies the port's `configuration_ofa.py`, `resnet.py` and `modeling_ofa.py`
+to a temporary package, makes their relative transformers imports absolute and applies `PORT_PATCHES` (what
+transformers 5 needs), and leaves the checkout untouched. The port is randomly initialized, its state dict is
+converted to ours with `modeling_ofa.convert.convert_state_dict(..., "hf_port")`, and `port_logits_parity` checks
+that both then give the same logits. The port has no transformers-5 `generate`, so its searches run in
+`port_generate`, a plain cached greedy / beam loop over its forward; ours run through `generate()`.
 
 Method:
     * Threads are fixed with `torch.set_num_threads` (reported) and every run is timed with `time.perf_counter`.
@@ -22,8 +37,8 @@ Method:
       resident size after the imports, over building the model and one train step. `tracemalloc` does not see
       torch's allocations, and a fresh process keeps the allocator's cached blocks of one configuration out of
       the other.
-    * Figures whose prerequisites are missing (a module not written yet, an optional dependency) report
-      `{"value": null, "status": "unavailable: <reason>"}` instead of failing.
+    * Figures whose prerequisites are missing (an optional dependency, the original port without
+      `--reference-port`) report `{"value": null, "status": "unavailable: <reason>"}` instead of failing.
 
 Figures timed in this process also carry `details.cpu_time_value`: the same ratio over process CPU time
 (`time.process_time`), which other jobs on a shared machine do not stretch. With `--threads 1` it is the figure
@@ -61,15 +76,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+import transformers
 from torch import nn
+from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig
 
-# Run from a checkout without installing: the packages sit at the repository root, one level above this file.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import transformers  # noqa: E402
-from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig  # noqa: E402
-
-from modeling_ofa import CACHE_NAME, OFAConfig, OFAForConditionalGeneration  # noqa: E402
+from modeling_ofa import CACHE_NAME, OFAConfig, OFAForConditionalGeneration
+from modeling_ofa.convert import convert_state_dict
 
 __all__ = [
     "BENCHMARKS",
@@ -103,6 +116,13 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "multitask_vs_trainer": (">=", 0.95),
     "onnx_vs_torch": None,
     "int8_vs_fp32": None,
+    # Against the original port (--reference-port): CPU-time ratios are the figures the targets are about.
+    "port_logits_parity": ("<=", 1e-4),
+    "train_step_vs_port": ("<=", 0.77),
+    "generate_vs_port": ("<=", 0.77),
+    "caption_throughput_vs_port": (">=", 1.5),
+    "train_memory_vs_port": None,
+    "compiled_vs_eager": None,
 }
 
 # Model sizes: OFA presets (`OFAConfig.from_preset`). The preprocessing and trainer figures always use `tiny`.
@@ -134,6 +154,14 @@ class Workload:
         memory_image_batch (`int`): Rows of the image+text step of `checkpointing_memory`.
         memory_image_size (`int`): Image side of that step. Checkpointing matters when activations outweigh the
             weights and gradients, so this step is a realistic fine-tuning one rather than the small timing batch.
+        port_batch (`int`): Rows of the image+text train step against the original port.
+        port_image_size (`int`): Image side of the port figures' train step and captioning.
+        port_text_length (`int`): Encoder text tokens of those steps.
+        port_target_length (`int`): Decoder tokens of the port train step.
+        caption_batch (`int`): Images captioned per call in `caption_throughput_vs_port` (beam 5).
+        caption_tokens (`int`): New tokens per caption there (forced).
+        caption_repeats (`int`): Timed rounds of that figure (one round captions the batch with both models).
+        compile_steps (`int`): Timed calls per contender of `compiled_vs_eager` (after the compiling call).
         repeats (`int`): Timed rounds per figure.
         warmup (`int`): Untimed rounds before them.
     """
@@ -154,6 +182,14 @@ class Workload:
     trainer_steps: int
     memory_image_batch: int
     memory_image_size: int
+    port_batch: int
+    port_image_size: int
+    port_text_length: int
+    port_target_length: int
+    caption_batch: int
+    caption_tokens: int
+    caption_repeats: int
+    compile_steps: int
     repeats: int
     warmup: int
 
@@ -176,6 +212,14 @@ WORKLOADS: dict[str, Workload] = {
         trainer_steps=6,
         memory_image_batch=8,
         memory_image_size=384,
+        port_batch=4,
+        port_image_size=384,
+        port_text_length=30,
+        port_target_length=20,
+        caption_batch=16,
+        caption_tokens=16,
+        caption_repeats=2,
+        compile_steps=5,
         repeats=7,
         warmup=1,
     ),
@@ -196,6 +240,14 @@ WORKLOADS: dict[str, Workload] = {
         trainer_steps=3,
         memory_image_batch=2,
         memory_image_size=64,
+        port_batch=2,
+        port_image_size=64,
+        port_text_length=8,
+        port_target_length=6,
+        caption_batch=2,
+        caption_tokens=4,
+        caption_repeats=1,
+        compile_steps=2,
         repeats=1,
         warmup=1,
     ),
@@ -206,7 +258,7 @@ DECODE_WINDOW = 2
 
 
 class Unavailable(Exception):
-    """A figure cannot be measured yet (a module not written, an optional dependency missing)."""
+    """A figure cannot be measured here (an optional dependency or the reference port is missing)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -440,14 +492,26 @@ class Bench:
         size (`str`): OFA preset of the compared models, one of `SIZES`.
         workload (`Workload`): Shapes and round counts.
         threads (`int`): `torch.set_num_threads` value of the run (memory subprocesses use it too).
+        reference_port (`Path`, *optional*): A local copy of the original OFA port for transformers (see
+            `load_reference_port`); without it the figures against the port are unavailable.
+        compile (`bool`): Measure `compiled_vs_eager` (it compiles the model, which takes minutes).
     """
 
-    def __init__(self, size: str, workload: Workload, threads: int) -> None:
+    def __init__(
+        self,
+        size: str,
+        workload: Workload,
+        threads: int,
+        reference_port: Path | None = None,
+        compile: bool = False,
+    ) -> None:
         if size not in SIZES:
             raise ValueError(f"size {size!r} is not one of {list(SIZES)}")
         self.size = size
         self.workload = workload
         self.threads = threads
+        self.reference_port = reference_port
+        self.compile = compile
         self._models: dict[str, nn.Module] = {}
         self.last_cpu: dict[str, list[float]] = {}
         self.shared: dict[str, Any] = {}  # results one timing run produces for several figures
@@ -833,12 +897,16 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         spec (`dict`): `size`, `workload` (a `Workload` as a dict), `inputs` (`"image_text"` or `"text"`),
-            `checkpointing` (`bool`), `threads`.
+            `checkpointing` (`bool`), `threads`; with `reference_port` (a path), the port's model is measured
+            instead of ours (image+text only).
     """
     torch.set_num_threads(spec["threads"])
     workload = Workload(**{**spec["workload"], "decode_steps": tuple(spec["workload"]["decode_steps"])})
+    port_module = None if spec.get("reference_port") is None else load_reference_port(Path(spec["reference_port"]))
     resettable = _reset_peak_rss()
     after_imports, _ = _rss_bytes()
+    if port_module is not None:
+        return _port_memory_step(port_module, spec, workload, resettable, after_imports)
     model = build_ofa(ofa_config(spec["size"])).train()
     if spec["checkpointing"]:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -864,13 +932,50 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_memory_worker(bench: Bench, inputs: str, checkpointing: bool) -> dict[str, Any]:
+def _port_memory_step(
+    port_module: Any, spec: dict[str, Any], workload: Workload, resettable: bool, after_imports: int
+) -> dict[str, Any]:
+    """`memory_worker`'s measurement for the port's model: one image+text train step (no checkpointing)."""
+    config = ofa_config(spec["size"])
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        port = port_module.OFAModel(
+            port_module.OFAConfig(**{name: getattr(config, name) for name in _PORT_CONFIG_FIELDS})
+        ).train()
+    data = port_batch(
+        config,
+        workload.memory_image_batch,
+        workload.memory_image_size,
+        workload.image_text_length,
+        workload.image_target_length,
+    )
+    before_step, build_peak = _rss_bytes()
+    _reset_peak_rss()
+    start = time.perf_counter()
+    port_train_step(port, data["port"], data["labels"])
+    seconds = time.perf_counter() - start
+    _, step_peak = _rss_bytes()
+    return {
+        "peak_method": "VmHWM after clear_refs" if resettable else "ru_maxrss (peak not resettable)",
+        "after_imports_bytes": after_imports,
+        "before_step_bytes": before_step,
+        "peak_bytes": max(build_peak, step_peak),
+        "step_peak_bytes": step_peak,
+        "step_seconds": seconds,
+    }
+
+
+def _run_memory_worker(
+    bench: Bench, inputs: str, checkpointing: bool, reference_port: Path | None = None
+) -> dict[str, Any]:
     spec = {
         "size": bench.size,
         "workload": asdict(bench.workload),
         "inputs": inputs,
         "checkpointing": checkpointing,
         "threads": bench.threads,
+        "reference_port": None if reference_port is None else str(reference_port),
     }
     command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", json.dumps(spec)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -928,26 +1033,441 @@ def bench_checkpointing_memory(bench: Bench) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Figures that need pieces still being written (guarded)
+# Figures: OFA against the original OFA port for transformers (--reference-port)
 # ----------------------------------------------------------------------------------------------------------------
 
+# The port's files the benchmark loads, from `transformers/src/transformers/models/ofa/` of OFA-Sys/OFA (branch
+# `feature/add_transformers`).
+PORT_FILES: tuple[str, ...] = ("configuration_ofa.py", "resnet.py", "modeling_ofa.py")
 
-def _import_processor() -> type:
+# Source patches that make the port import and build on transformers 5, applied to a temporary copy (the user's
+# folder is left as it is): (file, old text, new text, why). A patch whose old text is absent is skipped, so a copy
+# the user has already patched loads as well.
+PORT_PATCHES: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "configuration_ofa.py",
+        'if self.forced_bos_token_id is None and kwargs.get("force_bos_token_to_be_generated", False):',
+        'if kwargs.get("force_bos_token_to_be_generated", False) and getattr(self, "forced_bos_token_id", None) '
+        "is None:",
+        "transformers 5 configs no longer define forced_bos_token_id unless it is passed",
+    ),
+)
+
+# OFAConfig fields the port's OFAConfig takes under the same name and meaning (what `convert.py` maps back).
+_PORT_CONFIG_FIELDS: tuple[str, ...] = (
+    "vocab_size",
+    "max_position_embeddings",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "d_model",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "activation_function",
+    "scale_embedding",
+    "normformer",
+    "layernorm_embedding",
+    "patch_layernorm_embedding",
+    "code_layernorm_embedding",
+    "add_type_embedding",
+    "attn_scale_factor",
+    "token_bucket_size",
+    "image_bucket_size",
+    "resnet_type",
+    "code_image_size",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "decoder_start_token_id",
+)
+
+
+def _port_source_dir(path: Path) -> Path:
+    """The folder with the port's files: `path` itself or `transformers/src/transformers/models/ofa` under it."""
+    for candidate in (path, path / "transformers" / "src" / "transformers" / "models" / "ofa"):
+        if all((candidate / name).is_file() for name in PORT_FILES):
+            return candidate
+    raise FileNotFoundError(
+        f"--reference-port {path}: no {', '.join(PORT_FILES)} there or under transformers/src/transformers/models/ofa "
+        "(a checkout of OFA-Sys/OFA, branch feature/add_transformers)"
+    )
+
+
+def load_reference_port(path: Path) -> Any:
+    """Import the original port from a local copy as the module `ofa_reference_port` (with `OFAConfig`, `OFAModel`).
+
+    Its relative imports of transformers (`from ...modeling_utils import ...`) become absolute and `PORT_PATCHES` are
+    applied, in a temporary copy: nothing in `path` changes.
+    """
+    import importlib.util
+    import re
+
+    if "ofa_reference_port" in sys.modules:
+        return sys.modules["ofa_reference_port"]
+    source = _port_source_dir(path)
+    package = Path(tempfile.mkdtemp(prefix="ofa_reference_port_")) / "ofa_reference_port"
+    package.mkdir()
+    for name in PORT_FILES:
+        text = (source / name).read_text()
+        text = re.sub(r"^from \.\.\.([\w.]*) import", r"from transformers.\1 import", text, flags=re.MULTILINE)
+        for file, old, new, _ in PORT_PATCHES:
+            if file == name:
+                text = text.replace(old, new)
+        (package / name).write_text(text)
+    (package / "__init__.py").write_text(
+        "from .configuration_ofa import OFAConfig\nfrom .modeling_ofa import OFAModel\n"
+    )
+    spec = importlib.util.spec_from_file_location(
+        "ofa_reference_port", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ofa_reference_port"] = module
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation notices (meshgrid, GenerationMixin) are not ours to fix
+        spec.loader.exec_module(module)
+    return module
+
+
+def port_pair(bench: Bench) -> tuple[nn.Module, OFAForConditionalGeneration]:
+    """The port's `OFAModel` and ours with the same weights (built once per run).
+
+    The port is initialized by its own code, its relative position tables are then drawn at random (they start at
+    zero, which would hide a relative-bias mismatch), and its state dict is converted to ours with
+    `convert_state_dict(..., "hf_port")` and loaded strictly.
+    """
+    if "port_pair" in bench.shared:
+        return bench.shared["port_pair"]
+    if bench.reference_port is None:
+        raise Unavailable("pass --reference-port DIR (a local copy of OFA-Sys/OFA's transformers port)")
+    port_module = load_reference_port(bench.reference_port)
+    config = bench.config()
+    port_config = port_module.OFAConfig(**{name: getattr(config, name) for name in _PORT_CONFIG_FIELDS})
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        port = port_module.OFAModel(port_config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in port.named_parameters():
+            if "rel_pos_table" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    ours = OFAForConditionalGeneration(config)
+    ours.load_state_dict(convert_state_dict(port.state_dict(), "hf_port"), strict=True)
+    bench.shared["port_pair"] = (port, ours)
+    return port, ours
+
+
+def port_batch(config: OFAConfig, batch: int, image_size: int, text_length: int, target_length: int) -> dict:
+    """An image+text batch in both vocabularies of arguments: ours (`pixel_values`, `labels`) and the port's."""
+    sizes = replace(
+        WORKLOADS["full"],
+        image_batch=batch,
+        image_size=image_size,
+        image_text_length=text_length,
+        image_target_length=target_length,
+    )
+    ours = image_text_batch(config, sizes)
+    # The port takes no encoder attention mask (padding is `input_ids == pad`), so every row is full here.
+    ours["attention_mask"] = torch.ones_like(ours["attention_mask"])
+    ours["input_ids"][ours["input_ids"] == config.pad_token_id] = config.eos_token_id + 1
+    ours["input_ids"][:, -1] = config.eos_token_id
+    ours["labels"][ours["labels"] == -100] = config.pad_token_id
+    decoder_input_ids = torch.cat(
+        [torch.full((batch, 1), config.decoder_start_token_id, dtype=torch.long), ours["labels"][:, :-1]], dim=1
+    )
+    port = {
+        "input_ids": ours["input_ids"],
+        "patch_images": ours["pixel_values"],
+        "patch_masks": torch.ones(batch, dtype=torch.bool),
+        "decoder_input_ids": decoder_input_ids,
+    }
+    return {"ours": ours, "port": port, "labels": ours["labels"]}
+
+
+def port_train_step(port: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+    """The port's forward (it returns the logits as `logits`), token cross-entropy, backward."""
+    logits = port(**inputs).logits
+    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).backward()
+    port.zero_grad(set_to_none=True)
+
+
+def bench_port_logits_parity(bench: Bench) -> dict[str, Any]:
+    """Max abs difference of the logits of the port and ours (same weights, same image+text input, eval mode)."""
+    w = bench.workload
+    port, ours = port_pair(bench)
+    port.eval(), ours.eval()
+    data = port_batch(ours.config, 2, w.image_size, w.image_text_length, w.image_target_length)
+    inputs = {k: v for k, v in data["ours"].items() if k != "labels"}
+    with torch.no_grad():
+        reference = port(**data["port"]).logits
+        measured = ours(**inputs, decoder_input_ids=data["port"]["decoder_input_ids"]).logits
+    diff = (reference - measured).abs().max().item()
+    details = {"logits_shape": list(measured.shape), "max_abs_logit": round(reference.abs().max().item(), 4)}
+    return figure("port_logits_parity", diff, None, None, details)
+
+
+def bench_train_step_vs_port(bench: Bench) -> dict[str, Any]:
+    """Forward+backward on image+text inputs: our time / the port's, same weights and batch."""
+    w = bench.workload
+    port, ours = port_pair(bench)
+    port.train(), ours.train()
+    data = port_batch(ours.config, w.port_batch, w.port_image_size, w.port_text_length, w.port_target_length)
+    times = bench.times(
+        {
+            "ours": lambda: train_step(ours, data["ours"]),
+            "port": lambda: port_train_step(port, data["port"], data["labels"]),
+        }
+    )
+    measured, reference = median(times["ours"]), median(times["port"])
+    details = {
+        "batch": w.port_batch,
+        "image_size": w.port_image_size,
+        "text_length": w.port_text_length,
+        "target_length": w.port_target_length,
+        "ours_seconds": _summary(times["ours"]),
+        "port_seconds": _summary(times["port"]),
+        "cpu_time_value": bench.cpu_ratio("ours", "port"),
+    }
+    return figure("train_step_vs_port", measured / reference, reference, measured, details)
+
+
+def port_generate(port: nn.Module, inputs: dict[str, torch.Tensor], num_beams: int, tokens: int) -> torch.Tensor:
+    """Cached greedy or beam search with the port's own forward (its `generate` predates transformers 5's).
+
+    Exactly `tokens` new tokens (`</s>` is kept out, as `min_new_tokens` does), beams expanded after the encoder as
+    `generate` does, the cache reordered with the port's `_reorder_cache`; returns the best sequence of each row.
+    """
+    config = port.config
+    encoder_inputs = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
+    with torch.no_grad():
+        encoder_outputs = port.encoder(**encoder_inputs)
+        bsz = inputs["input_ids"].shape[0]
+        if num_beams > 1:
+            for key in ("last_hidden_state", "padding_mask", "position_embedding"):
+                setattr(encoder_outputs, key, getattr(encoder_outputs, key).repeat_interleave(num_beams, dim=0))
+        rows = bsz * num_beams
+        tokens_so_far = torch.full((rows, 1), config.decoder_start_token_id, dtype=torch.long)
+        scores = torch.zeros(bsz, num_beams)
+        scores[:, 1:] = -float("inf")  # every beam starts as the same sequence: only the first may expand
+        scores = scores.view(-1)
+        past = None
+        for _ in range(tokens):
+            out = port(
+                decoder_input_ids=tokens_so_far, encoder_outputs=encoder_outputs, past_key_values=past, use_cache=True
+            )
+            logits = out.logits[:, -1].float()
+            logits[:, config.eos_token_id] = -float("inf")
+            past = out.past_key_values
+            if num_beams == 1:
+                tokens_so_far = torch.cat([tokens_so_far, logits.argmax(-1, keepdim=True)], dim=1)
+                continue
+            vocab = logits.shape[-1]
+            candidates = (scores[:, None] + logits.log_softmax(-1)).view(bsz, num_beams * vocab)
+            scores, flat = candidates.topk(num_beams, dim=1)  # (B, K)
+            beam_idx = (flat // vocab + torch.arange(bsz)[:, None] * num_beams).view(-1)
+            scores = scores.view(-1)
+            tokens_so_far = torch.cat([tokens_so_far[beam_idx], (flat % vocab).view(-1, 1)], dim=1)
+            past = port._reorder_cache(past, beam_idx)
+    return tokens_so_far.view(bsz, num_beams, -1)[:, 0]
+
+
+def _port_generate_times(
+    bench: Bench, data: dict, num_beams: int, tokens: int
+) -> tuple[dict[str, list[float]], dict[str, float], bool]:
+    """Interleaved `generate()` (ours) / `port_generate` rounds: wall seconds, median CPU seconds, and whether the
+    best sequences agree."""
+    port, ours = port_pair(bench)
+    port.eval(), ours.eval()
+    config = _generation_config(ours, num_beams, tokens)
+    inputs = {k: v for k, v in data["ours"].items() if k != "labels"}
+    produced: dict[str, torch.Tensor] = {}
+
+    def run_ours() -> None:
+        with torch.no_grad():
+            produced["ours"] = ours.generate(**inputs, generation_config=config)
+
+    def run_port() -> None:
+        produced["port"] = port_generate(port, data["port"], num_beams, tokens)
+
+    times = bench.times({"ours": run_ours, "port": run_port})
+    cpu = {name: median(values) for name, values in bench.last_cpu.items()}
+    return times, cpu, torch.equal(produced["ours"], produced["port"])
+
+
+def bench_generate_vs_port(bench: Bench) -> dict[str, Any]:
+    """`generate()` time, ours / the port's cached search: greedy and beam 5, image+text input, forced length; the
+    value is the worse of the two modes."""
+    w = bench.workload
+    _, ours = port_pair(bench)
+    data = port_batch(ours.config, w.generate_batch, w.image_size, w.image_text_length, 2)
+    modes: dict[str, dict[str, Any]] = {}
+    for mode, beams in (("greedy", 1), ("beam5", 5)):
+        times, cpu, same = _port_generate_times(bench, data, beams, w.generate_tokens)
+        modes[mode] = {
+            "ratio": round(median(times["ours"]) / median(times["port"]), 4),
+            "cpu_time_ratio": round(cpu["ours"] / cpu["port"], 4),
+            "ours_seconds": _summary(times["ours"]),
+            "port_seconds": _summary(times["port"]),
+            "same_sequences": same,
+        }
+    worst = max(modes, key=lambda mode: modes[mode]["ratio"])
+    details = {
+        "batch": w.generate_batch,
+        "image_size": w.image_size,
+        "text_length": w.image_text_length,
+        "new_tokens": w.generate_tokens,
+        "worst_mode": worst,
+        "cpu_time_value": max(mode["cpu_time_ratio"] for mode in modes.values()),
+        "port_search": "port_generate: the port's forward in a cached greedy / beam loop (no transformers generate)",
+    }
+    details.update(modes)
+    return figure(
+        "generate_vs_port",
+        modes[worst]["ratio"],
+        modes[worst]["port_seconds"]["median"],
+        modes[worst]["ours_seconds"]["median"],
+        details,
+    )
+
+
+def bench_caption_throughput_vs_port(bench: Bench) -> dict[str, Any]:
+    """Captioning throughput (images/s, beam 5, batch `caption_batch` at `port_image_size`): ours / the port's."""
+    w = bench.workload
+    _, ours = port_pair(bench)
+    data = port_batch(ours.config, w.caption_batch, w.port_image_size, w.port_text_length, 2)
+    few = replace(w, repeats=w.caption_repeats, warmup=min(w.warmup, 1))
+    saved, bench.workload = bench.workload, few
     try:
-        from processing import OFAProcessor
-    except ImportError:
-        try:
-            from processing.processing_ofa import OFAProcessor
-        except ImportError as err:
-            raise Unavailable(f"processing.OFAProcessor is not importable ({err})") from err
-    parameters = [
-        p
-        for p in inspect.signature(OFAProcessor.__call__).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(parameters) < 3:  # self, instruction, rows
-        raise Unavailable("OFAProcessor.__call__ does not take (instruction, rows) yet")
-    return OFAProcessor
+        times, cpu, same = _port_generate_times(bench, data, 5, w.caption_tokens)
+    finally:
+        bench.workload = saved
+    ours_s, port_s = median(times["ours"]), median(times["port"])
+    details = {
+        "batch": w.caption_batch,
+        "image_size": w.port_image_size,
+        "num_beams": 5,
+        "new_tokens": w.caption_tokens,
+        "rounds": w.caption_repeats,
+        "ours_images_per_second": round(w.caption_batch / ours_s, 3),
+        "port_images_per_second": round(w.caption_batch / port_s, 3),
+        "ours_seconds": _summary(times["ours"]),
+        "port_seconds": _summary(times["port"]),
+        "same_sequences": same,
+        "cpu_time_value": round(cpu["port"] / cpu["ours"], 4),
+    }
+    return figure("caption_throughput_vs_port", port_s / ours_s, port_s, ours_s, details)
+
+
+def bench_train_memory_vs_port(bench: Bench) -> dict[str, Any]:
+    """Peak resident memory of one image+text train step (`memory_image_batch` at `memory_image_size`): ours (with
+    and without checkpointing) / the port's, each in a fresh process."""
+    if bench.reference_port is None:
+        raise Unavailable("pass --reference-port DIR (a local copy of OFA-Sys/OFA's transformers port)")
+    mib = 2**20
+    runs = {
+        "ours": _run_memory_worker(bench, "image_text", False),
+        "ours_checkpointed": _run_memory_worker(bench, "image_text", True),
+        "port": _run_memory_worker(bench, "image_text", False, bench.reference_port),
+    }
+    step = {name: r["step_peak_bytes"] - r["before_step_bytes"] for name, r in runs.items()}
+    total = {name: r["peak_bytes"] - r["after_imports_bytes"] for name, r in runs.items()}
+    details = {
+        "image_batch": bench.workload.memory_image_batch,
+        "image_size": bench.workload.memory_image_size,
+        "value_is": "step peak (gradients and activations) of ours / of the port",
+        "step_peak_mib": {name: round(v / mib, 1) for name, v in step.items()},
+        "peak_mib": {name: round(v / mib, 1) for name, v in total.items()},
+        "step_seconds": {name: round(r["step_seconds"], 3) for name, r in runs.items()},
+        "checkpointed_vs_port": round(step["ours_checkpointed"] / step["port"], 4),
+    }
+    return figure(
+        "train_memory_vs_port",
+        step["ours"] / step["port"],
+        runs["port"]["step_seconds"],
+        runs["ours"]["step_seconds"],
+        details,
+    )
+
+
+def _decode_loop(model: nn.Module, encoder_outputs: Any, attention_mask: torch.Tensor, steps: int) -> None:
+    """`steps` cached greedy decoding steps from the start token (the work of one generated sequence)."""
+    tokens = torch.full((attention_mask.shape[0], 1), model.config.decoder_start_token_id, dtype=torch.long)
+    cache = None
+    for _ in range(steps):
+        out = model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=attention_mask,
+            decoder_input_ids=tokens,
+            cache=cache,
+            use_cache=True,
+        )
+        tokens = out.logits[:, -1:].argmax(dim=-1)
+        cache = getattr(out, CACHE_NAME)
+
+
+def bench_compiled_vs_eager(bench: Bench) -> dict[str, Any]:
+    """`torch.compile(model)` / eager: a text train step and a cached decoding loop (`decode_steps[0]` steps); the
+    value is the train step's ratio. Compiling (the first call) is timed separately and left out of the ratios."""
+    if not bench.compile:
+        raise Unavailable("pass --compile (compiling the model takes minutes)")
+    w = bench.workload
+    model = bench.ofa()
+    compiled = torch.compile(model, dynamic=True)
+    train_batch = text_batch(model.config, w.batch, w.source_length, w.target_length)
+    source = text_batch(model.config, w.decode_batch, w.source_length, 2)
+    steps = w.decode_steps[0]
+    results: dict[str, dict[str, Any]] = {}
+
+    def compare(kind: str, eager_run: Callable[[], Any], compiled_run: Callable[[], Any]) -> None:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        compiled_run()  # compiles
+        compile_seconds, compile_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        cpu: dict[str, list[float]] = {}
+        times = interleaved_times({"compiled": compiled_run, "eager": eager_run}, w.compile_steps, 1, cpu)
+        results[kind] = {
+            "ratio": round(median(times["compiled"]) / median(times["eager"]), 4),
+            "cpu_time_ratio": round(median(cpu["compiled"]) / median(cpu["eager"]), 4),
+            "compiled_seconds": _summary(times["compiled"]),
+            "eager_seconds": _summary(times["eager"]),
+            "first_call_seconds": round(compile_seconds, 3),
+            "first_call_cpu_seconds": round(compile_cpu, 3),
+        }
+
+    model.train()
+    compare("train_step", lambda: train_step(model, train_batch), lambda: train_step(compiled, train_batch))
+    model.eval()
+    with torch.no_grad():
+        encoder_outputs = model.get_encoder()(input_ids=source["input_ids"], attention_mask=source["attention_mask"])
+        mask = source["attention_mask"]
+        compare(
+            "decode",
+            lambda: _decode_loop(model, encoder_outputs, mask, steps),
+            lambda: _decode_loop(compiled, encoder_outputs, mask, steps),
+        )
+    details = {
+        "compile": "torch.compile(model, dynamic=True), default inductor backend",
+        "train_batch": w.batch,
+        "decode_batch": w.decode_batch,
+        "decode_steps": steps,
+        "cpu_time_value": results["train_step"]["cpu_time_ratio"],
+    }
+    details.update(results)
+    return figure(
+        "compiled_vs_eager",
+        results["train_step"]["ratio"],
+        results["train_step"]["eager_seconds"]["median"],
+        results["train_step"]["compiled_seconds"]["median"],
+        details,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures of the processor, the trainers, ONNX and int8
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def _caption_texts() -> list[str]:
@@ -958,17 +1478,14 @@ def _caption_texts() -> list[str]:
 
 
 def make_processor(image_size: int) -> Any:
-    """An `OFAProcessor` over a demo tokenizer and `OFAImageProcessor(size=image_size)`; `Unavailable` if absent."""
-    processor_class = _import_processor()
+    """An `OFAProcessor` over a demo tokenizer and `OFAImageProcessor(size=image_size)`."""
+    from processing import OFAProcessor
     from processing.image import OFAImageProcessor
     from processing.text import train_demo_tokenizer
 
     tokenizer = train_demo_tokenizer(_caption_texts(), vocab_size=600)
     image_processor = OFAImageProcessor(size={"height": image_size, "width": image_size})
-    try:
-        return processor_class(image_processor=image_processor, tokenizer=tokenizer)
-    except TypeError as err:
-        raise Unavailable(f"OFAProcessor(image_processor=..., tokenizer=...) is not supported yet ({err})") from err
+    return OFAProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def caption_rows(count: int, raw_size: tuple[int, int]) -> list[dict[str, Any]]:
@@ -990,11 +1507,11 @@ def caption_rows(count: int, raw_size: tuple[int, int]) -> list[dict[str, Any]]:
 
 
 def _model_inputs(model: nn.Module, features: Any) -> dict[str, torch.Tensor]:
-    """The processor's outputs that `model.forward` takes; `Unavailable` if no labels come out."""
+    """The processor's outputs that `model.forward` takes (labels among them)."""
     accepted = set(inspect.signature(model.forward).parameters)
     inputs = {k: v for k, v in dict(features).items() if k in accepted and isinstance(v, torch.Tensor)}
     if "labels" not in inputs:
-        raise Unavailable(f"OFAProcessor output has no labels (keys: {sorted(dict(features))})")
+        raise RuntimeError(f"OFAProcessor output has no labels (keys: {sorted(dict(features))})")
     return inputs
 
 
@@ -1037,10 +1554,8 @@ def bench_preprocess_vs_train(bench: Bench) -> dict[str, Any]:
 
 def bench_multitask_vs_trainer(bench: Bench) -> dict[str, Any]:
     """Steps/s of `MultiTaskTrainer` on one task / steps/s of a plain `Seq2SeqTrainer` on the same data."""
-    try:
-        from trainers import MultiTaskTrainer, Task
-    except ImportError as err:
-        raise Unavailable(f"trainers.MultiTaskTrainer / trainers.Task are not importable ({err})") from err
+    from trainers import MultiTaskTrainer, Task
+
     try:
         import datasets
     except ImportError as err:
@@ -1122,10 +1637,8 @@ def bench_onnx_vs_torch(bench: Bench) -> dict[str, Any]:
         import onnxruntime
     except ImportError as err:
         raise Unavailable("onnxruntime is not installed") from err
-    try:
-        from modeling_ofa.onnx import OnnxOFA, export_onnx
-    except ImportError as err:
-        raise Unavailable(f"modeling_ofa.onnx (export_onnx, OnnxOFA) is not importable ({err})") from err
+    from modeling_ofa.onnx import OnnxOFA, export_onnx
+
     w = bench.workload
     model = bench.ofa().eval()
     config = model.config
@@ -1170,17 +1683,9 @@ def bench_onnx_vs_torch(bench: Bench) -> dict[str, Any]:
 
 
 def _quantize_int8(model: OFAForConditionalGeneration) -> tuple[nn.Module, str]:
-    """The package's `quantize_dynamic_int8` where it exists, else torch's dynamic quantization of `nn.Linear`."""
-    try:
-        from modeling_ofa.quantization import quantize_dynamic_int8
-    except ImportError:
-        with warnings.catch_warnings():
-            # torch marks eager quantization deprecated in favour of torchao; it still works and needs nothing else.
-            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-            from torch.ao.quantization import quantize_dynamic
+    """The package's `quantize_dynamic_int8` and its description."""
+    from modeling_ofa.quantization import quantize_dynamic_int8
 
-            quantized = quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-        return quantized, "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8)"
     return quantize_dynamic_int8(model), "modeling_ofa.quantization.quantize_dynamic_int8 (per-channel, lm_head too)"
 
 
@@ -1231,6 +1736,12 @@ BENCHMARKS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "multitask_vs_trainer": bench_multitask_vs_trainer,
     "onnx_vs_torch": bench_onnx_vs_torch,
     "int8_vs_fp32": bench_int8_vs_fp32,
+    "port_logits_parity": bench_port_logits_parity,
+    "train_step_vs_port": bench_train_step_vs_port,
+    "generate_vs_port": bench_generate_vs_port,
+    "caption_throughput_vs_port": bench_caption_throughput_vs_port,
+    "train_memory_vs_port": bench_train_memory_vs_port,
+    "compiled_vs_eager": bench_compiled_vs_eager,
 }
 
 
@@ -1304,6 +1815,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds per figure (default per workload)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: available cores)")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON object to this file")
+    parser.add_argument(
+        "--reference-port",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a local copy of the original OFA port for transformers (OFA-Sys/OFA, branch feature/add_transformers: "
+        "the repository or its transformers/src/transformers/models/ofa folder), for the *_vs_port figures",
+    )
+    parser.add_argument("--compile", action="store_true", help="also measure compiled_vs_eager (takes minutes)")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)  # internal: one memory subprocess
     args = parser.parse_args(argv)
 
@@ -1327,7 +1847,12 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or ("tiny" if args.quick else "base")
     names = args.only or list(BENCHMARKS)
 
-    bench = Bench(size, workload, threads)
+    if args.reference_port is not None:
+        try:
+            _port_source_dir(args.reference_port)
+        except FileNotFoundError as err:
+            parser.error(str(err))
+    bench = Bench(size, workload, threads, args.reference_port, args.compile)
     started = time.perf_counter()
     figures = run_benchmarks(names, bench, log=lambda line: print(line, file=sys.stderr, flush=True))
     report = {
@@ -1336,6 +1861,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": size,
             "quick": args.quick,
             "workload": asdict(workload),
+            "reference_port": None if args.reference_port is None else str(args.reference_port),
             "figures": names,
             "wall_seconds": round(time.perf_counter() - started, 1),
         },

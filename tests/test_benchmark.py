@@ -28,7 +28,22 @@ FIGURES = (
     "multitask_vs_trainer",
     "onnx_vs_torch",
     "int8_vs_fp32",
+    "port_logits_parity",
+    "train_step_vs_port",
+    "generate_vs_port",
+    "caption_throughput_vs_port",
+    "train_memory_vs_port",
+    "compiled_vs_eager",
 )
+# Figures that need --reference-port or --compile, which the quick run leaves out.
+OPT_IN = {
+    "port_logits_parity": "--reference-port",
+    "train_step_vs_port": "--reference-port",
+    "generate_vs_port": "--reference-port",
+    "caption_throughput_vs_port": "--reference-port",
+    "train_memory_vs_port": "--reference-port",
+    "compiled_vs_eager": "--compile",
+}
 RECORD_KEYS = {"value", "target", "meets_target", "reference_seconds", "measured_seconds", "details", "status"}
 # The issue's targets, as the report must state them.
 TARGETS = {
@@ -41,6 +56,10 @@ TARGETS = {
     "mfu": (">=", 0.4),
     "checkpointing_memory": ("<=", 0.6),
     "multitask_vs_trainer": (">=", 0.95),
+    "port_logits_parity": ("<=", 1e-4),
+    "train_step_vs_port": ("<=", 0.77),
+    "generate_vs_port": ("<=", 0.77),
+    "caption_throughput_vs_port": (">=", 1.5),
 }
 
 
@@ -108,6 +127,59 @@ def test_figure_record_schema(quick_run, name):
     else:
         assert record["value"] is None and record["meets_target"] is None
         assert len(status) > len("unavailable: ")
+
+
+def test_opt_in_figures_say_what_they_need(quick_run):
+    figures = quick_run[0]["figures"]
+    for name, flag in OPT_IN.items():
+        assert figures[name]["status"].startswith("unavailable: ") and flag in figures[name]["status"], name
+    assert quick_run[0]["settings"]["reference_port"] is None
+
+
+def _fake_port(folder: Path) -> Path:
+    """A stand-in for the port's folder: relative transformers imports and the config line transformers 5 breaks."""
+    folder.mkdir(parents=True)
+    (folder / "configuration_ofa.py").write_text(
+        "from ...configuration_utils import PretrainedConfig\n\n\n"
+        "class OFAConfig(PretrainedConfig):\n"
+        "    model_type = 'ofa'\n\n"
+        "    def __init__(self, **kwargs):\n"
+        "        super().__init__(**kwargs)\n"
+        '        if self.forced_bos_token_id is None and kwargs.get("force_bos_token_to_be_generated", False):\n'
+        "            self.forced_bos_token_id = self.bos_token_id\n"
+    )
+    (folder / "resnet.py").write_text("import torch.nn as nn\n")
+    (folder / "modeling_ofa.py").write_text(
+        "from ...modeling_utils import PreTrainedModel\nfrom .configuration_ofa import OFAConfig\n\n\n"
+        "class OFAModel(PreTrainedModel):\n    config_class = OFAConfig\n"
+    )
+    return folder
+
+
+def test_reference_port_is_loaded_from_a_patched_copy(tmp_path):
+    checkout = tmp_path / "OFA"
+    folder = _fake_port(checkout / "transformers" / "src" / "transformers" / "models" / "ofa")
+    before = {path.name: path.read_text() for path in folder.iterdir()}
+    code = (
+        "import sys; from pathlib import Path; import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('bench', {str(SCRIPT)!r})\n"
+        "bench = importlib.util.module_from_spec(spec); sys.modules['bench'] = bench; spec.loader.exec_module(bench)\n"
+        f"port = bench.load_reference_port(Path({str(checkout)!r}))\n"
+        "config = port.OFAConfig(bos_token_id=0)\n"
+        "assert config.bos_token_id == 0 and port.OFAModel.config_class is port.OFAConfig\n"
+        "print(port.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ofa_reference_port"]
+    assert {path.name: path.read_text() for path in folder.iterdir()} == before  # the checkout is untouched
+
+
+def test_reference_port_folder_without_the_port_is_a_usage_error(bench_module, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_module.main(["--reference-port", str(tmp_path), "--only", "train_step_vs_port"])
+    assert exit_info.value.code == 2
+    assert "modeling_ofa.py" in capsys.readouterr().err
 
 
 def test_machine_and_settings(quick_run):
