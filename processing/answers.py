@@ -20,6 +20,12 @@ and the ONNX greedy check of `scripts/export_onnx.py` all go through [`AnswerGen
    merged by the caller: `Task.generate_kwargs`, or `processor.generation_defaults` for a saved task name).
 5. **Post-process** into typed answers ([`TARGET_KINDS`]), returned in input order.
 
+Image targets (kind `"image"`, and `"codes"` when the processor has an image tokenizer or the slot a `length`) are
+generated as OFA does: only code tokens for exactly `h * w` steps, then `</s>` (`CodeTokenLogitsProcessor`), in the
+decoder's image-code mode; for `"image"`, sampled with top-k and several candidates ([`IMAGE_GENERATION_DEFAULTS`],
+under the task's and the caller's settings). Each row's candidates are ranked by CLIP when a `CLIPModel` folder is given
+(`clip=`), else by their log-probability; the answer is the best one, with all of them under `"candidates"`.
+
 Template at inference: `template=None` (the default) keeps the template `encode` draws for each row from
 `(seed, row_index)`, as evaluation does, so every template of a `|||` instruction is evaluated; `template=k` uses
 template `k` for every row. The pipeline and `scripts/predict.py` use `template=0`, OFASys's choice at inference.
@@ -36,12 +42,21 @@ from tqdm.auto import tqdm
 from transformers.generation import LogitsProcessorList
 
 from .closed_set import CandidateTrie, ClosedSetLogitsProcessor
+from .image_generation import CodeScoreLogitsProcessor, CodeTokenLogitsProcessor, rank_images_with_clip
 from .instruction import RepeatGroup, Slot, TaskPlan
 
 if TYPE_CHECKING:
     from .processing_ofa import OFAProcessor
 
-__all__ = ["TARGET_KINDS", "AnswerGenerator", "AnswerGroup", "generation_inputs", "plan_target_kind", "target_kind"]
+__all__ = [
+    "IMAGE_GENERATION_DEFAULTS",
+    "TARGET_KINDS",
+    "AnswerGenerator",
+    "AnswerGroup",
+    "generation_inputs",
+    "plan_target_kind",
+    "target_kind",
+]
 
 TARGET_KINDS: dict[str, str] = {
     "text": "free text (TEXT, STRUCT, PHONE targets); answers {'text': str}",
@@ -49,6 +64,8 @@ TARGET_KINDS: dict[str, str] = {
     "box": "one box in original-image pixels (BOX target); answers {'box': [x0, y0, x1, y1] | None}",
     "objects": "boxes with labels (a repeated ( [BOX] [TEXT] )* group); answers {'objects': [{'box', 'label'}]}",
     "codes": "image codes (IMAGE_CODE target); answers {'codes': [int]}",
+    "image": "a generated picture (IMAGE target with preprocess=image_vqgan or adaptor=image_vqgan); answers "
+    "{'image': PIL.Image, 'codes': [int], 'candidates': [{'image', 'codes', 'score'}]} (best first)",
 }
 """What a target slot produces: the kind's name -> its targets and its answer dict. The one table every part reads
 (post-processing, `Task` references and metrics, the Hub card); a new kind (generated images) is one entry here and
@@ -65,9 +82,22 @@ def target_kind(target: Slot | RepeatGroup | None) -> str:
         return "box"
     if target.modality == "IMAGE_CODE":
         return "codes"
+    if target.modality == "IMAGE":
+        if "image_vqgan" not in (target.attr("preprocess"), target.attr("adaptor")):
+            raise ValueError(
+                f"the IMAGE target [{target.modality}:{target.column}] needs preprocess=image_vqgan (generated as VQ "
+                "codes, OFASys's form)"
+            )
+        return "image"
     if target.closed_set or target.modality == "CATEGORY":
         return "label"
     return "text"
+
+
+IMAGE_GENERATION_DEFAULTS: dict[str, Any] = {"do_sample": True, "top_k": 256, "num_return_sequences": 24}
+"""OFA's text-to-image decoding (top-k 256 sampling, 24 candidates per caption), the defaults of an `"image"` target
+under the task's `generation_defaults` and the caller's arguments (not applied when those ask for greedy or beam
+search: `do_sample=False` or `num_beams > 1`); `top_k` is capped at the number of codes."""
 
 
 def plan_target_kind(plan: TaskPlan) -> str:
@@ -125,8 +155,10 @@ class AnswerGenerator:
         template (`int`, *optional*): Use this template for every row; `None` keeps each row's drawn template.
         batch_size (`int`, defaults to 8): Rows per `generate` call (a group's last batch may be smaller).
         generate_kwargs (`Mapping`, *optional*): `generate()` arguments for every call (a `logits_processor` list is
-            kept, the closed-set constraint is appended to it).
+            kept, the closed-set or code constraint is appended to it).
         progress (`bool`, defaults to `False`): Show a progress bar over the batches (tqdm).
+        clip (`str`, `os.PathLike` or `(CLIPModel, CLIPProcessor)`, *optional*): Re-rank the candidates of an image
+            target by CLIP similarity to the row's text (a local `CLIPModel` folder, or a loaded pair).
     """
 
     def __init__(
@@ -140,6 +172,7 @@ class AnswerGenerator:
         batch_size: int = 8,
         generate_kwargs: Mapping[str, Any] | None = None,
         progress: bool = False,
+        clip: Any = None,
     ) -> None:
         if task is None and isinstance(plan, str) and plan in processor.task_instructions:
             task = plan
@@ -165,6 +198,14 @@ class AnswerGenerator:
             )
         self.processor, self.plan, self.task, self.candidates = processor, plan, task, candidates
         self.batch_size, self.progress = batch_size, progress
+        if clip is not None and not isinstance(clip, tuple):
+            from transformers import CLIPModel, CLIPProcessor  # loaded once, not per call
+
+            clip = (
+                CLIPModel.from_pretrained(clip, local_files_only=True).eval(),
+                CLIPProcessor.from_pretrained(clip, local_files_only=True),
+            )
+        self.clip = clip
         self.generate_kwargs = dict(generate_kwargs or {})
         self._tries: dict[tuple[int, bool], CandidateTrie] = {}
 
@@ -217,6 +258,25 @@ class AnswerGenerator:
         """`generate()` arguments of one group: the generator's settings under `generate_kwargs`, plus the group's
         closed-set constraint and step budget."""
         kwargs = {**self.generate_kwargs, **(generate_kwargs or {})}
+        codes = self._code_count(group.template_index)
+        if codes is not None:
+            searched = kwargs.get("do_sample") is False or (kwargs.get("num_beams") or 1) > 1
+            if self.target_kind == "image" and not searched:  # a caller's greedy or beam search keeps its settings
+                kwargs = {**IMAGE_GENERATION_DEFAULTS, **kwargs}
+                if kwargs.get("top_k"):
+                    kwargs["top_k"] = min(int(kwargs["top_k"]), self.processor.vocab.num_codes)
+            vocab = self.processor.vocab
+            constraint = CodeTokenLogitsProcessor(
+                codes, vocab.code_offset, vocab.num_codes, vocab.eos_id, prefix_length=1 + group.prefix_length
+            )
+            processors = [*(kwargs.get("logits_processor") or []), constraint]
+            if self.target_kind == "image" and (kwargs.get("num_beams") or 1) == 1:
+                processors.append(CodeScoreLogitsProcessor(1 + group.prefix_length))
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
+            # The constraint fixes the length (codes, then EOS); a shorter budget would cut the picture.
+            kwargs.pop("max_length", None)
+            kwargs["max_new_tokens"] = codes + 1
+            kwargs["eos_token_id"] = vocab.eos_id
         if group.closed_set is not None:
             longest = group.longest_answer
             if kwargs.get("max_new_tokens") is not None:  # never cut a candidate short
@@ -265,18 +325,63 @@ class AnswerGenerator:
                 batch = [examples[position] for position in positions]
                 kwargs = self.call_kwargs(group, generate_kwargs)
                 per_row = kwargs.get("num_return_sequences") or 1
-                sequences = model.generate(**prepare(self.processor.collate(batch)), **kwargs)  # (rows * per_row, T)
+                image = self.target_kind == "image"
+                if image and (kwargs.get("num_beams") or 1) > 1:
+                    kwargs.update(return_dict_in_generate=True, output_scores=False)
+                output = model.generate(**prepare(self.processor.collate(batch)), **kwargs)  # (rows * per_row, T)
+                sequences = output.sequences if hasattr(output, "sequences") else output
                 if number >= len(work):  # a repeat that only keeps sharded ranks in step
                     continue
                 metas = [example["meta"] for example in batch for _ in range(per_row)]
                 results = self.processor.post_process_generation(
                     sequences, self.plan, metas, candidates=self.candidates
                 )
+                if image:
+                    results = self._best_pictures(results, batch, per_row, output, kwargs)
+                    per_row = 1
                 for j, position in enumerate(positions):
                     answers[position] = results[j] if per_row == 1 else results[j * per_row : (j + 1) * per_row]
         return answers
 
+    def _best_pictures(
+        self, results: list[dict[str, Any]], batch: Sequence[Mapping[str, Any]], per_row: int, output: Any, kwargs
+    ) -> list[dict[str, Any]]:
+        """One answer per row from its `per_row` candidates: ranked by CLIP (when given), else by log-probability."""
+        if self.clip is not None:
+            _, scores = rank_images_with_clip(
+                [result["image"] for result in results], [example["meta"]["caption"] for example in batch], self.clip
+            )  # (rows, per_row)
+        else:
+            if getattr(output, "sequences_scores", None) is not None:  # beam search's own
+                flat = output.sequences_scores
+            else:
+                scorer = next(p for p in kwargs["logits_processor"] if isinstance(p, CodeScoreLogitsProcessor))
+                flat = scorer.total
+            scores = flat.detach().float().cpu().view(len(batch), per_row)  # (rows * per_row,) -> (rows, per_row)
+        answers = []
+        for row in range(len(batch)):
+            order = scores[row].argsort(descending=True).tolist()
+            candidates = [{**results[row * per_row + k], "score": float(scores[row, k])} for k in order]
+            answers.append({"image": candidates[0]["image"], "codes": candidates[0]["codes"], "candidates": candidates})
+        return answers
+
     # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _code_count(self, template: int) -> int | None:
+        """Codes a generated image target has (the image tokenizer's grid, or the slot's `length`); `None` for other
+        targets, and for an IMAGE_CODE target of unknown size (generated unconstrained)."""
+        target = self.plan.templates[template].target_slot
+        kind = target_kind(target)
+        if kind == "image":
+            height, width = self.processor.image_grid
+            return height * width
+        if kind == "codes":
+            if target.attr("length") is not None:
+                return int(target.attr("length"))
+            if self.processor.image_tokenizer is not None:
+                height, width = self.processor.image_grid
+                return height * width
+        return None
 
     def _constraint(self, template: int, prefix_length: int) -> ClosedSetLogitsProcessor | None:
         target = self.plan.templates[template].target_slot

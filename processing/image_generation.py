@@ -11,19 +11,28 @@ text-to-image samples 24 candidates with top-k 256 and may re-rank them with CLI
 * `generated_ids_to_codes`: generated ids -> a (B, h, w) code grid, checked.
 * `codes_to_images`: codes -> PIL images through an `OFAVQGANModel`.
 * `rank_images_with_clip`: optional re-ranking of candidates by a local `CLIPModel` folder.
+* `ImageCodeCache`: target images -> codes, encoded in batches and kept by a fingerprint of the pixels, so training
+  encodes each target image once, not once per epoch (`OFAProcessor.image_codes` / `cache_image_targets` use it).
+* `CodeScoreLogitsProcessor`: the log-probability of each sampled candidate, to rank candidates without CLIP.
+
+The image tokenizer (`modeling_ofa.modeling_vqgan`) is imported where it is used, so a processor folder saved with its
+code loads where only transformers is installed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from modeling_ofa.modeling_vqgan import OFAVQGANModel, pixel_values_to_images
+if TYPE_CHECKING:
+    from modeling_ofa.modeling_vqgan import OFAVQGANModel
 
 # OFA's vocabulary: `<code_0>` is id 50265, 8192 codes (see the model's vocabulary layout).
 OFA_CODE_TOKEN_OFFSET = 50265
@@ -155,6 +164,8 @@ def generated_ids_to_codes(
 @torch.no_grad()
 def codes_to_images(codes: torch.LongTensor, image_tokenizer: OFAVQGANModel) -> list[Image.Image]:
     """(B, h, w) codes -> B RGB PIL images of `h * f` x `w * f` pixels, decoded by `image_tokenizer`."""
+    from modeling_ofa.modeling_vqgan import pixel_values_to_images
+
     parameter = next(image_tokenizer.parameters())
     return pixel_values_to_images(image_tokenizer.decode(codes.to(parameter.device)))
 
@@ -205,3 +216,96 @@ def rank_images_with_clip(
     # Candidate s of text t is scored against text t only.
     scores = by_text[torch.arange(len(texts)), :, torch.arange(len(texts))]  # (T, S)
     return scores.argsort(dim=1, descending=True), scores
+
+
+def image_grid(image_tokenizer: OFAVQGANModel) -> tuple[int, int]:
+    """The (h, w) code grid `image_tokenizer` encodes an image of its `resolution` into."""
+    side = image_tokenizer.config.resolution // image_tokenizer.config.downsample_factor
+    return side, side
+
+
+def as_target_image(value: Any) -> Image.Image | None:
+    """A target value that is a picture, as an RGB PIL image: a PIL image or an (H, W, 3|4) uint8 array; `None` for
+    anything else (code ids)."""
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[-1] in (3, 4) and value.dtype == np.uint8:
+        return Image.fromarray(value[..., :3])
+    return None
+
+
+class ImageCodeCache:
+    r"""
+    Codes of target images, encoded in batches by an image tokenizer and kept by a fingerprint of each image's pixels
+    (mode, size and bytes): a dataset's target images are encoded once, and every later epoch (or evaluation) reads
+    them back. The cache belongs to one image tokenizer; `OFAProcessor` starts a new one when its tokenizer changes.
+
+    Attributes:
+        encoder_calls (`int`): `image_tokenizer.encode` calls made so far (one per batch).
+        images_encoded (`int`): Images encoded so far (each distinct image once).
+    """
+
+    def __init__(self) -> None:
+        self._codes: dict[str, list[int]] = {}
+        self.encoder_calls = 0
+        self.images_encoded = 0
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    @staticmethod
+    def fingerprint(image: Image.Image) -> str:
+        """A digest of the image's pixels: equal images share it, whatever object or file they came from."""
+        digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
+        digest.update(image.tobytes())
+        return digest.hexdigest()
+
+    @torch.no_grad()
+    def encode(
+        self, images: Sequence[Image.Image], image_tokenizer: OFAVQGANModel, batch_size: int = 32
+    ) -> list[list[int]]:
+        """Row-major codes (`h * w` ints) of each image; images not seen before are encoded `batch_size` at a time,
+        after resizing to the tokenizer's `resolution`."""
+        from modeling_ofa.modeling_vqgan import images_to_pixel_values
+
+        keys = [self.fingerprint(image) for image in images]
+        missing: dict[str, Image.Image] = {}
+        for key, image in zip(keys, images):
+            if key not in self._codes:
+                missing.setdefault(key, image)
+        pending = list(missing.items())
+        device = next(image_tokenizer.parameters()).device
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            pixels = images_to_pixel_values([image for _, image in chunk], size=image_tokenizer.config.resolution)
+            codes = image_tokenizer.encode(pixels.to(device)).flatten(1).tolist()  # (B, h, w) -> (B, h*w)
+            self.encoder_calls += 1
+            self.images_encoded += len(chunk)
+            for (key, _), row in zip(chunk, codes):
+                self._codes[key] = row
+        return [list(self._codes[key]) for key in keys]
+
+
+class CodeScoreLogitsProcessor(LogitsProcessor):
+    r"""
+    Sum, per row, the log-probability of every token `generate` picks (under the distribution this processor sees:
+    place it after the code constraint), without keeping a step's scores beyond the next: candidates of a sampled image
+    can then be ranked by their likelihood. Rows must keep their order between steps (sampling or greedy search; beam
+    search reorders them and has its own `sequences_scores`). Leaves the scores unchanged.
+
+    Args:
+        prefix_length (`int`): Length of the decoder prefix `generate` starts from.
+    """
+
+    def __init__(self, prefix_length: int) -> None:
+        self.prefix_length = prefix_length
+        self.total: torch.Tensor | None = None
+        self._previous: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] == self.prefix_length:  # a new `generate` call
+            self.total, self._previous = torch.zeros(scores.shape[0], device=scores.device), None
+        if self._previous is not None:
+            self.total = self.total + self._previous.gather(1, input_ids[:, -1:]).squeeze(1)
+        self._previous = scores.float().log_softmax(-1)
+        return scores

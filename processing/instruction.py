@@ -155,16 +155,20 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
         _spec(
             "preprocess",
             str,
-            "use this registered preprocessor instead of the modality's default",
-            values=frozenset(),
-            not_supported="each modality has one preprocessor here; image generation targets are [IMAGE_CODE:column]",
+            "use this registered preprocessor instead of the modality's default; `image_vqgan` on an IMAGE target: "
+            "the image becomes VQ code tokens (image generation)",
+            {"IMAGE"},
+            sides=_DECODER_ONLY,
+            values=frozenset({"image_vqgan"}),
         ),
         _spec(
             "adaptor",
             str,
-            "use this registered adaptor (embedding module) instead of the modality's default",
-            values=frozenset(),
-            not_supported="each modality has one adaptor here; image generation targets are [IMAGE_CODE:column]",
+            "use this registered adaptor (embedding module) instead of the modality's default; `image_vqgan` on an "
+            "IMAGE target: generated as VQ code tokens, decoded to pixels by the image tokenizer",
+            {"IMAGE"},
+            sides=_DECODER_ONLY,
+            values=frozenset({"image_vqgan"}),
         ),
         _spec(
             "no_loss",

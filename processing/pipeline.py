@@ -18,8 +18,9 @@ instructions, closed sets, boxes, objects and image codes.
 
 Inputs: a row (column name -> value, as in a dataset) or a list of rows, plus the instruction (an OFASys instruction
 or the name of a task in `processor.task_instructions`). Target columns in a row are ignored. The answer of each row is
-`OFAProcessor.post_process_generation`'s dict: `{"text"}`, `{"label", "in_set"}`, `{"box"}`, `{"objects"}` or
-`{"codes"}`, following the target slot.
+`OFAProcessor.post_process_generation`'s dict: `{"text"}`, `{"label", "in_set"}`, `{"box"}`, `{"objects"}`,
+`{"codes"}` or, for an image target (`[IMAGE:col,preprocess=image_vqgan]`), `{"image": PIL.Image, "codes",
+"candidates"}`, following the target slot.
 
 Closed sets: a `closed_set` target decodes only among `candidates=[...]`, or the task's saved
 `processor.closed_sets[name]` when the instruction is a task name; with neither, the call is an error. `max_new_tokens`
@@ -79,6 +80,8 @@ class OFAInstructionPipeline(Pipeline):
             processor holds exactly one task.
         candidates (`Sequence[str]`, *optional*): The closed set for this call.
         template (`int`, defaults to 0): Which `|||` alternative of the instruction to use.
+        clip (`str` or `(CLIPModel, CLIPProcessor)`, *optional*): Re-rank the candidates of an image target by CLIP
+            (a local `CLIPModel` folder); without it they are ranked by their log-probability.
         generate_kwargs (`dict`, *optional*), or generation arguments as keywords: passed to `generate()`.
     """
 
@@ -87,7 +90,7 @@ class OFAInstructionPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _pipeline_calls_generate = True
-    # OFA's answers are short; captions and detection lists fit. Image-code targets need `max_new_tokens` raised.
+    # OFA's answers are short; captions and detection lists fit. Image targets set their own length (the code grid).
     _default_generation_config = GenerationConfig(max_new_tokens=64)
 
     def __init__(self, *args: Any, task_adapters: Any = None, **kwargs: Any) -> None:
@@ -129,6 +132,7 @@ class OFAInstructionPipeline(Pipeline):
         candidates: Iterable[str] | None = None,
         template: int | None = None,
         generate_kwargs: Mapping[str, Any] | None = None,
+        clip: Any = None,
         **kwargs: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         unknown = sorted(set(kwargs) - _GENERATION_KEYS)
@@ -143,6 +147,8 @@ class OFAInstructionPipeline(Pipeline):
             preprocess["candidates"] = tuple(candidates)
         if template is not None:
             preprocess["template"] = template
+        if clip is not None:
+            preprocess["clip"] = clip
         forward: dict[str, Any] = {}
         if generate_kwargs is not None or kwargs:
             both = sorted(set(generate_kwargs or {}) & set(kwargs))
@@ -160,10 +166,11 @@ class OFAInstructionPipeline(Pipeline):
         candidates: tuple[str, ...] | None = None,
         template: int = 0,
         batch_size: int = 1,
+        clip: Any = None,
     ) -> dict[str, Any]:
         if not isinstance(row, Mapping):
             raise TypeError(f"each input must be a row (a mapping of column -> value), got {type(row).__name__}")
-        request = self._request(instruction, candidates, template, batch_size)
+        request = self._request(instruction, candidates, template, batch_size, clip)
         (example,) = request.answers.encode([row], first_index=None)
         return {"examples": [example], "request": request}
 
@@ -228,7 +235,12 @@ class OFAInstructionPipeline(Pipeline):
     # -- helpers ---------------------------------------------------------------------------------------------------
 
     def _request(
-        self, instruction: str | TaskPlan | None, candidates: tuple[str, ...] | None, template: int, batch_size: int
+        self,
+        instruction: str | TaskPlan | None,
+        candidates: tuple[str, ...] | None,
+        template: int,
+        batch_size: int,
+        clip: Any = None,
     ) -> _Request:
         processor: OFAProcessor = self.processor
         if instruction is None:
@@ -239,10 +251,16 @@ class OFAInstructionPipeline(Pipeline):
                 )
             instruction = next(iter(processor.task_instructions))
         task = instruction if isinstance(instruction, str) and instruction in processor.task_instructions else None
-        key = (instruction, candidates, template, batch_size)
+        key = (instruction, candidates, template, batch_size, id(clip) if isinstance(clip, tuple) else clip)
         if self._last_request is None or self._last_request[0] != key:
             answers = AnswerGenerator(
-                processor, instruction, task=task, candidates=candidates, template=template, batch_size=batch_size
+                processor,
+                instruction,
+                task=task,
+                candidates=candidates,
+                template=template,
+                batch_size=batch_size,
+                clip=clip,
             )
             self._last_request = (key, _Request(task=task, answers=answers))
         return self._last_request[1]

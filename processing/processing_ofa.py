@@ -5,7 +5,7 @@ Data flow (DESIGN section 3)::
     instruction --parse_instruction--> TaskPlan (once per task)
     row --encode(plan, row)--> one example: token ids, pixel values, fbank frames, ..., decoder ids and labels
     examples --collate--> BatchFeature the model takes
-    generate() ids --post_process_generation--> text | closed-set label | boxes in pixels | objects | image codes
+    generate() ids --post_process_generation--> text | closed-set label | boxes in pixels | objects | codes | images
 
 Encoder side: every text-like slot (literal prompt text, TEXT, CATEGORY, PHONE, STRUCT, BOX, IMAGE_CODE) joins one
 token sequence `<s> ... </s>`, as OFASys merges them; each token keeps its slot's modality id for modality experts.
@@ -14,6 +14,11 @@ IMAGE, VIDEO, AUDIO and MOTION slots become their own model inputs (at most one 
 Decoder side: the slots before the target (literal text, `no_loss` slots) are a teacher-forced prefix without loss
 (and a forced prefix at inference); the target slot is scored, then `</s>`. `decoder_input_ids` is `<s>` + prefix +
 target, `labels` is -100 per prefix token + target + `</s>`.
+
+Image targets: `[IMAGE:col,preprocess=image_vqgan]` (OFASys's form; `adaptor=image_vqgan` too) and `[IMAGE_CODE:col]`
+holding a picture become VQ code tokens through the processor's `image_tokenizer` (an `OFAVQGANModel`, saved in the
+`image_tokenizer/` subfolder of the processor's folder); each distinct image is encoded once (`ImageCodeCache`,
+batched by `cache_image_targets`). Generated codes come back as PIL images (`{"image", "codes", "candidates"}`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from .audio import OFAAudioFeatureExtractor
 from .closed_set import CandidateTrie, ClosedSetLogitsProcessor
 from .collator import collate_examples
 from .image import OFAImageProcessor
+from .image_generation import ImageCodeCache, as_target_image, codes_to_images, image_grid
 from .instruction import MODALITIES, RepeatGroup, Slot, TaskPlan, Template, parse_instruction
 from .location import bins_to_box, box_to_bins
 from .motion import MotionPreprocessor
@@ -45,7 +51,11 @@ from .struct import StructPreprocessor
 from .text import OFAVocab, TextPreprocessor
 from .video import VideoPreprocessor
 
-__all__ = ["PROMPT_INSTRUCTIONS", "OFAProcessor", "ExampleError"]
+__all__ = ["IMAGE_TOKENIZER_FOLDER", "PROMPT_INSTRUCTIONS", "OFAProcessor", "ExampleError", "image_target_slot"]
+
+IMAGE_TOKENIZER_FOLDER = "image_tokenizer"
+"""The subfolder of a processor folder that holds its image tokenizer (an `OFAVQGANModel` folder)."""
+_IMAGE_TARGET_NAME = "image_vqgan"  # the `preprocess` / `adaptor` value that makes an IMAGE target VQ codes
 
 SPLITS = ("train", "eval", "test")  # corruptions (mask_ratio, noise_ratio) apply to "train" only
 _SEPARATE_INPUTS = {"IMAGE": "pixel_values", "VIDEO": "video_pixel_values", "AUDIO": "audio_features"}
@@ -65,6 +75,28 @@ def _as_list(value: Any) -> list[Any]:
 
 class ExampleError(ValueError):
     """A dataset row that cannot be encoded; the message names the task, the row and the column."""
+
+
+def image_target_slot(target: Any) -> bool:
+    """Whether a target slot is an image generated as VQ codes: `[IMAGE:col,preprocess=image_vqgan]` (or
+    `adaptor=image_vqgan`). A plain `[IMAGE:col]` target is not (an error when encoded)."""
+    return (
+        isinstance(target, Slot)
+        and target.modality == "IMAGE"
+        and _IMAGE_TARGET_NAME in (target.attr("preprocess"), target.attr("adaptor"))
+    )
+
+
+class _Shared:
+    """Holds a value that `copy.deepcopy` shares instead of copying: `ProcessorMixin.to_dict` deep-copies every
+    attribute before it drops the ones it does not save, and the image tokenizer is a model (saved in its own
+    folder)."""
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
 
 
 def _where(task: str | None, row_index: int | None, column: str | None) -> str:
@@ -149,6 +181,9 @@ class OFAProcessor(ProcessorMixin):
         generation_defaults (`dict[str, dict]`, *optional*):
             `generate()` settings per task name (`num_beams`, `max_new_tokens`, ...), what the task was evaluated with;
             `pipeline("ofa-instruction")` and `scripts/predict.py` use them when given the task's name.
+        image_tokenizer (`OFAVQGANModel`, *optional*):
+            The VQ image tokenizer of image targets (pictures -> code tokens for training, generated codes -> PIL
+            images). Saved into, and loaded from, the `image_tokenizer/` subfolder of the processor's folder.
     """
 
     def __init__(
@@ -165,6 +200,7 @@ class OFAProcessor(ProcessorMixin):
         task_instructions: dict[str, str] | None = None,
         closed_sets: dict[str, list[str]] | None = None,
         generation_defaults: dict[str, dict[str, Any]] | None = None,
+        image_tokenizer: Any = None,
         **kwargs: Any,
     ) -> None:
         if tokenizer is None:
@@ -186,6 +222,8 @@ class OFAProcessor(ProcessorMixin):
         self.video = VideoPreprocessor(video_num_frames, image_processor)
         self.motion = MotionPreprocessor(**self.motion_config)
         self.struct = StructPreprocessor(**self.struct_config)
+        self._image_state = _Shared()
+        self.image_tokenizer = image_tokenizer
         for name, instruction in self.task_instructions.items():
             try:  # fail when the processor is made or loaded, not at the first example
                 parse_instruction(instruction)
@@ -205,11 +243,117 @@ class OFAProcessor(ProcessorMixin):
             self.save_pretrained(save_directory)
             return self.push_to_hub(repo_id, **kwargs)
         saved = super().save_pretrained(save_directory, **kwargs)
+        if self.image_tokenizer is not None:
+            self.image_tokenizer.save_pretrained(Path(save_directory) / IMAGE_TOKENIZER_FOLDER)
         if self._auto_class is not None:
             module = Path(sys.modules[type(self).__module__].__file__)
             names = [module.name, *(Path(f).name for f in get_relative_import_files(module))]
             make_code_self_contained(save_directory, names)
         return saved
+
+    @classmethod
+    def get_attributes(cls) -> list[str]:
+        """The sub-processors `ProcessorMixin` saves and loads by itself; the image tokenizer (an `__init__` argument
+        whose name says "tokenizer") is a model, saved in its own subfolder by `save_pretrained`."""
+        return [name for name in super().get_attributes() if name != "image_tokenizer"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """`ProcessorMixin.from_pretrained`, plus the image tokenizer of the folder's `image_tokenizer/` subfolder when
+        it has one (or the `image_tokenizer=` given)."""
+        image_tokenizer = kwargs.pop("image_tokenizer", None)
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if image_tokenizer is None:
+            image_tokenizer = _load_image_tokenizer(pretrained_model_name_or_path, kwargs)
+        processor.image_tokenizer = image_tokenizer
+        return processor
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Image targets
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def image_tokenizer(self) -> Any:
+        """The VQ image tokenizer (`OFAVQGANModel`) of image targets, or `None`."""
+        return self._image_state.value[0]
+
+    @image_tokenizer.setter
+    def image_tokenizer(self, model: Any) -> None:
+        if model is not None and not (hasattr(model, "encode") and hasattr(model, "decode")):
+            raise TypeError(f"image_tokenizer must be an OFAVQGANModel, got {type(model).__name__}")
+        self._image_state.value = (model, ImageCodeCache())  # codes of another tokenizer are not this one's
+
+    @property
+    def image_code_cache(self) -> ImageCodeCache:
+        """The codes of the target images encoded so far (by the current `image_tokenizer`)."""
+        return self._image_state.value[1]
+
+    def _require_image_tokenizer(self, what: str) -> Any:
+        if self.image_tokenizer is None:
+            raise ValueError(
+                f"{what} needs an image tokenizer, and the processor has none: pass OFAProcessor(..., "
+                "image_tokenizer=OFAVQGANModel...) or set processor.image_tokenizer (saved processors keep it in their "
+                f"{IMAGE_TOKENIZER_FOLDER}/ subfolder)"
+            )
+        return self.image_tokenizer
+
+    @property
+    def image_grid(self) -> tuple[int, int]:
+        """The (h, w) code grid of one image target (the image tokenizer's)."""
+        return image_grid(self._require_image_tokenizer("an image target"))
+
+    def image_codes(self, images: Sequence[Any], batch_size: int = 32) -> list[list[int]]:
+        """Row-major VQ codes of pictures (PIL images or uint8 (H, W, 3) arrays), through the cache: each distinct
+        image is encoded once, `batch_size` at a time."""
+        tokenizer = self._require_image_tokenizer("encoding an image target")
+        pictures = []
+        for i, image in enumerate(images):
+            picture = as_target_image(image)
+            if picture is None:
+                raise ValueError(f"image {i} is a {type(image).__name__}, not a PIL image or a uint8 (H, W, 3) array")
+            pictures.append(picture)
+        return self.image_code_cache.encode(pictures, tokenizer, batch_size=batch_size)
+
+    def decode_image_codes(self, codes: Sequence[Sequence[int]]) -> list[Any]:
+        """Row-major codes of `h * w` each -> PIL images (`None` for a row of another length)."""
+        import torch
+
+        tokenizer = self._require_image_tokenizer("decoding generated image codes")
+        height, width = image_grid(tokenizer)
+        images: list[Any] = [None] * len(codes)
+        whole = [i for i, row in enumerate(codes) if len(row) == height * width]
+        if whole:
+            grid = torch.tensor([list(codes[i]) for i in whole]).view(-1, height, width)  # (B, h*w) -> (B, h, w)
+            for i, image in zip(whole, codes_to_images(grid, tokenizer)):
+                images[i] = image
+        return images
+
+    def cache_image_targets(
+        self, plan: TaskPlan | str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 32
+    ) -> int:
+        """Encode the target pictures of `rows` (a dataset or a list of rows) once, in batches, before training reads
+        them one by one; returns how many distinct images are cached. Rows whose target holds codes are skipped."""
+        plan = self.plan(plan)
+        columns = {
+            t.target_slot.column
+            for t in plan.templates
+            if isinstance(t.target_slot, Slot)
+            and (image_target_slot(t.target_slot) or t.target_slot.modality == "IMAGE_CODE")
+        }
+        if not columns:
+            return len(self.image_code_cache)
+        pending: list[Any] = []
+        for row in rows:
+            for column in columns:
+                value = row.get(column) if isinstance(row, Mapping) else None
+                if as_target_image(value) is not None:
+                    pending.append(value)
+            if len(pending) >= batch_size:
+                self.image_codes(pending, batch_size=batch_size)
+                pending = []
+        if pending:
+            self.image_codes(pending, batch_size=batch_size)
+        return len(self.image_code_cache)
 
     # ------------------------------------------------------------------------------------------------------------
     # Plans
@@ -440,6 +584,8 @@ class OFAProcessor(ProcessorMixin):
 
     def _encode_sides(self, template: Template, ctx: _Context, with_targets: bool) -> dict[str, Any]:
         example: dict[str, Any] = {"meta": {}}
+        target = template.target_slot
+        ctx.infilling = image_target_slot(target) or (isinstance(target, Slot) and target.modality == "IMAGE_CODE")
         # Non-text encoder slots first: a BOX slot needs the size of the image it refers to.
         for slot in template.slots:
             if slot.is_source and slot.modality in _SEPARATE_INPUTS:
@@ -458,9 +604,20 @@ class OFAProcessor(ProcessorMixin):
             raise ValueError("slots after the target slot are not supported; the target must be the last data slot")
         prefix, _ = ctx.encode_text_run(decoder[:position], is_source=False)
         target_modality = (target.data_slots[0] if isinstance(target, RepeatGroup) else target).modality
-        example["decoder_modality_id"] = MODALITIES.index(target_modality)
-        example["code_mask"] = target_modality == "IMAGE_CODE"
+        # An image target is generated as codes: the decoder runs in image-code mode (2-D code positions).
+        codes = target_modality == "IMAGE_CODE" or image_target_slot(target)
+        example["decoder_modality_id"] = MODALITIES.index("IMAGE_CODE" if codes else target_modality)
+        example["code_mask"] = codes
         example["meta"].update(prefix_length=len(prefix), target_modality=target_modality)
+        if codes:  # what CLIP re-ranking compares the pictures with: the encoder's text values
+            example["meta"]["caption"] = " ".join(
+                str(ctx.row[slot.column])
+                for slot in template.encoder
+                if isinstance(slot, Slot)
+                and slot.modality == "TEXT"
+                and not slot.is_plaintext
+                and slot.column in ctx.row
+            )
         if not with_targets:
             example["decoder_input_ids"] = [self.vocab.bos_id, *prefix]
             return example
@@ -563,8 +720,10 @@ class OFAProcessor(ProcessorMixin):
 
         The answer's keys follow the target slot: `{"text"}` (TEXT, STRUCT, PHONE), `{"label", "in_set"}` (closed set
         or CATEGORY), `{"box"}` (BOX, original-image pixels), `{"objects": [{"box", "label"}]}` (a repeated BOX/TEXT
-        group), `{"codes"}` (IMAGE_CODE). `metas` are the examples' `meta` dicts (image sizes, prefix length,
-        template); without them the first template, no prefix and the processor's image size are assumed.
+        group), `{"codes"}` (IMAGE_CODE), `{"image", "codes"}` (an `image_vqgan` IMAGE target: a PIL image decoded by
+        the image tokenizer, `None` when the codes do not fill its grid). `metas` are the examples' `meta` dicts
+        (image sizes, prefix length, template); without them the first template, no prefix and the processor's image
+        size are assumed.
         """
         plan = self.plan(plan)
         rows = sequences.tolist() if hasattr(sequences, "tolist") else [list(r) for r in sequences]
@@ -574,6 +733,10 @@ class OFAProcessor(ProcessorMixin):
             meta = dict(metas[i]) if metas is not None else {}
             template = plan.templates[meta.get("template_index", 0)]
             answers.append(self._answer(self._target_ids(ids, meta), template.target_slot, meta, candidate_set))
+        pictures = [i for i, answer in enumerate(answers) if "image" in answer]
+        if pictures:  # decoded together: one tokenizer call for the batch
+            for i, image in zip(pictures, self.decode_image_codes([answers[i]["codes"] for i in pictures])):
+                answers[i]["image"] = image
         return answers
 
     def _target_ids(self, ids: list[int], meta: Mapping[str, Any]) -> list[int]:
@@ -594,6 +757,8 @@ class OFAProcessor(ProcessorMixin):
             return {"box": self._bins_to_box(bins, meta) if len(bins) == 4 else None}
         if kind == "codes":
             return {"codes": [t - self.vocab.code_offset for t in ids if self.vocab.is_code(t)]}
+        if kind == "image":  # the picture is decoded for the whole batch in `post_process_generation`
+            return {"image": None, "codes": [t - self.vocab.code_offset for t in ids if self.vocab.is_code(t)]}
         text = self.text.decode([t for t in ids if not (self.vocab.is_bin(t) or self.vocab.is_code(t))])
         if kind == "label":
             return {"label": text, "in_set": None if candidates is None else text in candidates}
@@ -633,6 +798,7 @@ class _Context:
         self.p, self.row, self.split, self.rng = processor, row, split, rng
         self.task, self.row_index, self.column = task, row_index, None
         self.image_size: tuple[int, int] | None = None  # (width, height) of the row's image, for BOX slots
+        self.infilling = False  # the target is an image (set by `_encode_sides` before the encoder slots)
 
     def value(self, slot: Slot, item: int | None = None) -> Any:
         self.column = slot.column
@@ -669,7 +835,9 @@ class _Context:
             self.image_size = (width, height)
             example["meta"].update(image_size=(width, height), resized_size=self.p.image_size)
             ratio = slot.attr("mask_ratio", 0.0)
-            if ratio and self.split == "train":
+            # A corruption of training inputs; with an image target (infilling) the hidden centre is the task
+            # itself, so it is masked on every split.
+            if ratio and (self.split == "train" or self.infilling):
                 example["pixel_values"] = _mask_image_centre(example["pixel_values"], ratio)
         elif slot.modality == "VIDEO":
             out = self.p.video(value, where=self.where)
@@ -748,8 +916,15 @@ class _Context:
                 num_bins=p.vocab.num_bins,
             )
             return [p.vocab.bin_id(b) for b in bins]
-        if slot.modality == "IMAGE_CODE":
-            codes = _as_codes(value)[: slot.attr("length")]
+        if slot.modality == "IMAGE_CODE" or image_target_slot(slot):
+            picture = as_target_image(value)
+            if picture is None and slot.modality == "IMAGE":
+                raise ValueError(
+                    f"an image target holds a picture (a PIL image or a uint8 (H, W, 3) array), got a "
+                    f"{type(value).__name__}"
+                )
+            codes = p.image_codes([picture])[0] if picture is not None else _as_codes(value)
+            codes = codes[: slot.attr("length")]
             return [p.vocab.code_id(c) for c in codes]
         if slot.modality == "STRUCT":
             value = p.struct.linearize(value, uncased=bool(slot.attr("uncased", False)), where=self.where)
@@ -774,11 +949,13 @@ class _Context:
         if isinstance(target, RepeatGroup):
             tokens, _ = self.encode_text_run([target], is_source=False)
             return tokens, tokens
-        if target.modality in _SEPARATE_INPUTS:
-            raise ValueError(
-                f"{target.modality} targets are not generated by this model; image generation targets are "
-                "[IMAGE_CODE:column] (VQ code ids)"
+        if target.modality in _SEPARATE_INPUTS and not image_target_slot(target):
+            hint = (
+                f"[IMAGE:{target.column},preprocess=image_vqgan] (VQ codes of the picture) or [IMAGE_CODE:column]"
+                if target.modality == "IMAGE"
+                else "[IMAGE_CODE:column] (VQ code ids) or [IMAGE:column,preprocess=image_vqgan]"
             )
+            raise ValueError(f"{target.modality} targets are not generated by this model; image targets are {hint}")
         labels = self.slot_tokens(target, first=first, noisy=False)
         inputs = labels
         if self.split == "train" and target.attr("noise_ratio"):
@@ -803,3 +980,30 @@ def _mask_image_centre(pixels, ratio: float):
     top, left = (height - h) // 2, (width - w) // 2
     pixels[:, top : top + h, left : left + w] = 0
     return pixels
+
+
+def _load_image_tokenizer(path: str | os.PathLike, kwargs: Mapping[str, Any]) -> Any:
+    """The image tokenizer saved in `path`'s `image_tokenizer/` subfolder (a local folder or a Hub repository), or
+    `None` when there is none."""
+    from transformers.utils import cached_file
+
+    options = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+    config = cached_file(
+        path,
+        "config.json",
+        subfolder=IMAGE_TOKENIZER_FOLDER,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **options,
+    )
+    if config is None:
+        return None
+    try:
+        from modeling_ofa.modeling_vqgan import OFAVQGANModel
+    except ImportError:  # a folder loaded with its saved code, where this package is not installed
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(
+            Path(config).parent, trust_remote_code=bool(kwargs.get("trust_remote_code", False))
+        ).eval()
+    return OFAVQGANModel.from_pretrained(Path(config).parent).eval()

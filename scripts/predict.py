@@ -4,13 +4,18 @@
     python scripts/predict.py outputs/demo --task grounding --image shapes.png --text "red circle" --save-png box.png
     python scripts/predict.py outputs/demo --instruction "[AUDIO:audio] what is the text corresponding to the voice? \
         -> [TEXT:text]" --audio digits.wav
+    python scripts/predict.py outputs/demo --task text_to_image --text "a red circle and a blue square" \
+        --output picture.json
 
 Generation: `--num-beams`, `--max-new-tokens` and `--no-cache` (no key/value cache); unset, a saved task's own settings
 apply (`processor.generation_defaults`, saved by training).
 
 Inputs fill the instruction's encoder slots by modality (`--image`, `--audio`, `--video`, `--motion`, `--table`,
 `--text`), or by column with `--input column=value` (a value that names an existing file is read as a file). Prints
-the typed answer as JSON; boxes are drawn onto a PNG (`--save-png`).
+the typed answer as JSON (and writes it to `--output`); boxes are drawn onto a PNG (`--save-png`). A generated image
+(an `[IMAGE:col,preprocess=image_vqgan]` target) is saved as a PNG next to the JSON (`picture.png` for
+`--output picture.json`, `generated.png` in the current folder without it; `--save-png` names it), its other candidates
+as `<name>_candidate<k>.png` (`--num-candidates`, ranked by `--clip FOLDER` when given); the JSON names the files.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from transformers import pipeline
 
@@ -54,6 +60,20 @@ def build_row(plan, args: argparse.Namespace) -> dict:
     return row
 
 
+def save_images(answer: dict[str, Any], png: Path) -> dict[str, Any]:
+    """Save a generated image answer's best picture at `png` and its other candidates beside it; returns the answer
+    with file names instead of pictures (what the JSON shows)."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    answer["image"].save(png)
+    shown = {"image": str(png), "codes": answer["codes"], "candidates": []}
+    for rank, candidate in enumerate(answer.get("candidates", [])):
+        path = png if rank == 0 else png.with_name(f"{png.stem}_candidate{rank}.png")
+        if rank:
+            candidate["image"].save(path)
+        shown["candidates"].append({"image": str(path), "score": candidate["score"], "codes": candidate["codes"]})
+    return shown
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, answer the instruction and print the answer as JSON.
 
@@ -73,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-beams", type=int, help="beam width (default: the task's saved setting, else greedy)")
     parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the task's setting)")
     parser.add_argument("--no-cache", action="store_true", help="generate without the key/value cache (slower)")
-    parser.add_argument("--save-png", help="draw predicted boxes onto the image and save it here")
+    parser.add_argument("--save-png", help="draw predicted boxes onto the image (or save a generated image) here")
+    parser.add_argument("--output", help="also write the answer as JSON to this file (generated images beside it)")
+    parser.add_argument("--num-candidates", type=int, help="images sampled per input (default: the task's setting)")
+    parser.add_argument("--clip", help="a local CLIPModel folder that ranks the generated candidates")
     args = parser.parse_args(argv)
 
     ofa = pipeline("ofa-instruction", model=args.model_dir)
@@ -88,8 +111,21 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.no_cache:
         generate["use_cache"] = False
-    answer = ofa(row, instruction=instruction, candidates=args.candidates, **generate)
-    print(json.dumps(answer, indent=2))
+    if args.num_candidates is not None:
+        generate["num_return_sequences"] = args.num_candidates
+    answer = ofa(row, instruction=instruction, candidates=args.candidates, clip=args.clip, **generate)
+    if "image" in answer:  # a picture is not JSON: saved as a PNG, named in the JSON
+        output = Path(args.output) if args.output else None
+        png = (
+            Path(args.save_png) if args.save_png else (output.with_suffix(".png") if output else Path("generated.png"))
+        )
+        answer = save_images(answer, png)
+        print(f"generated image saved as {png}", file=sys.stderr)
+    text = json.dumps(answer, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
     if args.save_png and ("box" in answer or "objects" in answer):
         image_column = next(s.column for s in plan.templates[0].data_slots if s.modality == "IMAGE")
         draw_answer(row[image_column], answer).save(args.save_png)

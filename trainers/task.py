@@ -50,6 +50,7 @@ _METRIC_REFERENCES: dict[str, frozenset[str]] = {
     "box": frozenset({"box"}),
     "objects": frozenset({"objects"}),
     "codes": frozenset(),
+    "image": frozenset({"image"}),
 }
 
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
@@ -58,6 +59,7 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "box": ("iou_accuracy",),
     "objects": ("object_accuracy",),
     "codes": (),
+    "image": (),
 }
 """Metrics a task computes when `metrics` is not given, per target kind (text tasks must choose theirs)."""
 
@@ -70,6 +72,9 @@ GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "box": {"num_beams": 5, "max_new_tokens": 4, "min_new_tokens": 4},
     "objects": {"num_beams": 5, "max_new_tokens": 128},
     "codes": {"num_beams": 1, "max_new_tokens": 1024},
+    # Sampled as OFA does (top-k 256, 24 candidates: `processing.answers.IMAGE_GENERATION_DEFAULTS`), as long as the
+    # code grid (the answer path sets the length).
+    "image": {"num_beams": 1},
 }
 """`generate()` keyword arguments per target kind; `Task` settings, `TrainingArguments.generation_*` and the keyword
 arguments of `evaluate`/`predict` override them."""
@@ -372,13 +377,16 @@ class Task:
             return _as_box(value, where)
         if self.target_kind == "codes":
             return [int(v) for v in value]
+        if self.target_kind == "image":
+            return value  # the picture itself (image metrics analyse it)
         return str(value).strip()
 
     def prediction(self, answer: Mapping[str, Any]) -> Any:
         """The value of a typed answer that metrics compare (the label, the text, the box, ...)."""
         if self.target_kind == "box":
             return answer["box"] if answer["box"] is not None else [0.0, 0.0, 0.0, 0.0]  # IoU 0 with any box
-        key = {"text": "text", "label": "label", "objects": "objects", "codes": "codes"}[self.target_kind]
+        key = {"text": "text", "label": "label", "objects": "objects", "codes": "codes", "image": "image"}
+        key = key[self.target_kind]
         return answer[key]
 
     def scored_pairs(

@@ -54,7 +54,15 @@ def resolve_sampling(tasks: Sequence[Task], train_tasks: Sequence[Task], samplin
 
 
 def train_dataloader(data: MultiTaskDataset, args: TrainingArguments, train_tasks: Sequence[Task]) -> DataLoader:
-    """A DataLoader of this rank's encoded micro-batches, with the worker settings of `args`."""
+    """A DataLoader of this rank's encoded micro-batches, with the worker settings of `args`.
+
+    Target pictures of image tasks are encoded into VQ codes here, once and in batches (`cache_image_targets`), so
+    the micro-batches (and DataLoader workers, which inherit the cache) read them instead of encoding them one by one,
+    every epoch."""
+    for task in train_tasks:
+        if task.target_kind in ("image", "codes") and not is_streaming(task.train_dataset):
+            if data.processor.image_tokenizer is not None:
+                data.processor.cache_image_targets(task.plan, task.train_dataset)
     workers = args.dataloader_num_workers
     if workers and any(is_streaming(task.train_dataset) for task in train_tasks):
         # A datasets.IterableDataset shards itself over DataLoader workers, which would break the per-rank stream
