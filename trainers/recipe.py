@@ -369,6 +369,8 @@ _SECTIONS: dict[str, Any] = {
     "tasks": list | None,
     "training": _training_fields,
     "evaluation": {"int8": bool, "require_above_chance": bool},
+    # The demo's text-to-image task (`trainers.demo.text_to_image`); absent, the run has none.
+    "text_to_image": {"train": int, "test": int, "vq_steps": int, "num_candidates": int},
 }
 
 
@@ -703,6 +705,16 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     image_processor = processing.OFAImageProcessor(size=p.pop("image_size", 384))
     processor = processing.OFAProcessor(image_processor, tokenizer, **p)
 
+    picture = None  # (task, test split, VQ tokenizer info) of the text-to-image task
+    if config.get("text_to_image") is not None and demo is not None:
+        from .demo.text_to_image import prepare_text_to_image
+
+        root = Path((config.get("data") or {}).get("demo", {}).get("root", "demo_data"))
+        picture = prepare_text_to_image(config["text_to_image"], root, seed, processor)
+        tasks.append(picture[0])
+        how = "trained" if picture[2]["trained"] else "loaded (unchanged corpus)"
+        _log(f"VQ image tokenizer {how} in {picture[2]['seconds']:.0f}s, L1 {picture[2]['reconstruction_error']:.3f}")
+
     model = _model(config, tokenizer, processor)
     _log(f"model: {sum(q.numel() for q in model.parameters()) / 1e6:.1f}M parameters, tokenizer: {len(tokenizer)}")
 
@@ -727,6 +739,12 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     examples: list[Example] = []
     results = _test_results(trainer, built, examples)  # every rank generates its share; the answers are gathered
     main = trainer.is_world_process_zero()
+    if picture is not None:
+        from .demo.text_to_image import text_to_image_results
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        grid = output_dir / "generated.png" if main else None
+        results += text_to_image_results(trainer.model, trainer.processing_class, picture[1], picture[2], grid)
     if main:
         print(results_table(results), flush=True)
     int8 = None
@@ -735,6 +753,8 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
         quantized = modeling_ofa.quantize_dynamic_int8(trainer.model.cpu())
         int8_trainer = MultiTaskTrainer(model=quantized, args=args, tasks=tasks, processor=processor)
         int8 = _test_results(int8_trainer, built, label="int8 test")
+        if picture is not None:
+            int8 += text_to_image_results(quantized, int8_trainer.processing_class, picture[1], picture[2])
         if main:
             print("int8 (dynamic quantization of the linear layers):\n" + results_table(int8), flush=True)
 

@@ -1,0 +1,82 @@
+"""The demo's text-to-image task: its scenes and captions, the scene reader behind `scene_match` (exact on the
+references, near its chance level on mismatched pairs), the VQ tokenizer cached per corpus, and the grid picture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from trainers.demo import COLORS, SHAPES
+from trainers.demo.text_to_image import (
+    build_text_to_image_datasets,
+    demo_image_tokenizer,
+    generated_grid,
+    read_scene,
+    scene_match,
+    scene_match_chance,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_text_to_image_datasets(seed=0, sizes={"train": 60, "test": 12})
+
+
+def test_scenes_are_captioned_left_to_right_and_never_repeat(data):
+    assert len(data["train"]) == 60 and len(data["test"]) == 12
+    keys = set()
+    for row in [*data["train"], *data["test"]]:
+        objects = json.loads(row["objects"])
+        assert len(objects) == 2 and objects[0][0] != objects[1][0]  # two objects of different colours
+        assert [obj[2] for obj in objects] == sorted(obj[2] for obj in objects)
+        assert row["caption"] == " and ".join(f"a {c} {s}" for c, s, *_ in objects)
+        assert all(c in COLORS and s in SHAPES for c, s, *_ in objects)
+        assert row["image"].size == (64, 64)
+        keys.add(row["objects"])
+    assert len(keys) == 72
+    again = build_text_to_image_datasets(seed=0, sizes={"train": 60, "test": 12})
+    assert again["test"]["caption"] == data["test"]["caption"]  # a pure function of the seed
+
+
+def test_the_scene_reader_is_exact_on_references_and_the_chance_level_is_low(data):
+    images = [row["image"] for row in data["train"]]
+    captions = [row["caption"] for row in data["train"]]
+    for image, row in zip(images[:10], data["train"]):
+        assert read_scene(image) == [(c, s) for c, s, *_ in json.loads(row["objects"])]
+    assert scene_match(images, captions) == 1.0
+    chance = scene_match_chance(images, captions)
+    assert 0.05 < chance < 0.35, chance
+    # A blank picture shows nothing; a picture with one of the two objects scores a half.
+    assert scene_match([Image.new("RGB", (64, 64), (30, 30, 30))], [captions[0]]) == 0.0
+    one = Image.new("RGB", (64, 64), (30, 30, 30))
+    (color, shape, x0, y0, size), _ = json.loads(data["train"][0]["objects"])
+    one.paste(images[0].crop((x0, y0, x0 + size, y0 + size)), (x0, y0))
+    assert scene_match([one], [captions[0]]) == 0.5
+    with pytest.raises(ValueError, match="as many pictures as captions"):
+        scene_match(images[:2], captions[:3])
+
+
+def test_the_tokenizer_is_trained_once_per_corpus(data, tmp_path):
+    images = [row["image"] for row in data["train"]][:8]
+    first, info = demo_image_tokenizer(images, tmp_path, steps=2, batch_size=4)
+    assert info["trained"] and (tmp_path / info["folder"].split("/")[-1] / "config.json").is_file()
+    again, info2 = demo_image_tokenizer(images, tmp_path, steps=2, batch_size=4)
+    assert not info2["trained"] and info2["folder"] == info["folder"]
+    assert info2["reconstruction_error"] == pytest.approx(info["reconstruction_error"])
+    for a, b in zip(first.parameters(), again.parameters()):
+        assert a.detach().equal(b.detach())
+    # Another corpus (or other settings) trains a new one.
+    _, other = demo_image_tokenizer(images[:6], tmp_path, steps=2, batch_size=4)
+    assert other["trained"] and other["folder"] != info["folder"]
+
+
+def test_grid_picture(data, tmp_path):
+    captions = data["test"]["caption"]
+    references = data["test"]["image"]
+    path = generated_grid(captions, references, [*references[:11], None], tmp_path / "generated.png")
+    with Image.open(path) as image:
+        assert image.size[0] > 4 * 2 * 128 and image.size[1] > 3 * 128
