@@ -1,8 +1,8 @@
 """`torch.compile`: a compiled OFA trains and generates as the eager one does, and a cached decoding step is one graph.
 
 The fast tests compile with the `aot_eager` backend: TorchDynamo captures the graphs and AOTAutograd traces the
-backward, as with the default backend, without inductor's code generation (minutes on a small CPU). The test that
-compiles with inductor itself is marked slow.
+backward, as with the default backend, without inductor's code generation (minutes on a small CPU; inductor's own
+numerics are torch's to test).
 """
 
 from __future__ import annotations
@@ -114,14 +114,3 @@ def test_fixed_size_cache_is_refused_clearly():
             cache=cache,
             use_cache=True,
         )
-
-
-@pytest.mark.slow
-def test_inductor_compiled_train_step_matches_eager():
-    model = build().train()
-    inputs = batch()
-    eager_loss, eager_grads = loss_and_grads(model, inputs, model)
-    loss, grads = loss_and_grads(torch.compile(model), inputs, model)
-    torch.testing.assert_close(loss, eager_loss, rtol=1e-4, atol=1e-4)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-3, atol=1e-4, msg=name)
