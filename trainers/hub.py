@@ -552,6 +552,31 @@ def build_model_card(
     repo_id = repo_id or f"your-username/{model_name}"
     pipeline_tag = pipeline_tag or MODEL_PIPELINE_TAG
 
+    data = _card_data(tasks, results, datasets, model_name, pipeline_tag, license, language, tags, base_model)
+    body = [f"# {model_name}", "", description or _default_description(len(tasks)), ""]
+    model_table = _model_table(config, num_parameters)
+    if model_table:
+        body += ["## Model", "", *model_table]
+    body += _task_sections(tasks, datasets, closed_sets)
+    body += _results_section(results, datasets, generated_images)
+    body += _usage_sections(repo_id, usage_task, tasks, closed_sets, example_inputs)
+    body += ["## Citation", "", "```bibtex", _CITATION, "```", ""]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
+    return ModelCard(content)
+
+
+def _card_data(
+    tasks: Mapping[str, str],
+    results: Mapping[str, Mapping[str, float]],
+    datasets: Mapping[str, str],
+    model_name: str,
+    pipeline_tag: str,
+    license: str,
+    language: str | list[str] | None,
+    tags: Iterable[str],
+    base_model: str | None,
+) -> ModelCardData:
+    """The card's YAML metadata: tags, datasets, metrics and one `model-index` entry per (task, metric)."""
     eval_results = [
         EvalResult(
             task_type=task_pipeline_tag(tasks[task]),
@@ -565,37 +590,36 @@ def build_model_card(
         for task, metrics in results.items()
         for metric, value in metrics.items()
     ]
-    card_tags = list(dict.fromkeys([*HUB_TAGS, *_modality_tags(tasks), *tags]))
-    data = ModelCardData(
+    return ModelCardData(
         model_name=model_name,
         library_name="transformers",
         pipeline_tag=pipeline_tag,
         license=license,
         language=language,
-        tags=card_tags,
+        tags=list(dict.fromkeys([*HUB_TAGS, *_modality_tags(tasks), *tags])),
         datasets=sorted(set(datasets.values())) or None,
         metrics=sorted({metric for metrics in results.values() for metric in metrics}) or None,
         base_model=base_model,
         eval_results=eval_results or None,
     )
 
-    body = [f"# {model_name}", ""]
-    body += [
-        description
-        or (
-            f"An [OFA](https://github.com/OFA-Sys/OFA) encoder-decoder trained with "
-            f"ofa-hf on {len(tasks)} task{'s' if len(tasks) != 1 else ''}, each declared by a "
-            "one-line OFASys instruction. Load it with `AutoModelForSeq2SeqLM` and `AutoProcessor` after "
-            "`import modeling_ofa, processing` (`pip install ofa-hf`), or without the package with "
-            "`trust_remote_code=True` (the folder carries the model's and processor's code), or run it with "
-            '`pipeline("ofa-instruction")` or the standard `pipeline("image-text-to-text")`.'
-        ),
-        "",
-    ]
-    model_table = _model_table(config, num_parameters)
-    if model_table:
-        body += ["## Model", "", *model_table]
-    body += ["## Tasks", "", "Each task is an instruction saved in `processor_config.json`; pass its name.", ""]
+
+def _default_description(num_tasks: int) -> str:
+    return (
+        f"An [OFA](https://github.com/OFA-Sys/OFA) encoder-decoder trained with "
+        f"ofa-hf on {num_tasks} task{'s' if num_tasks != 1 else ''}, each declared by a "
+        "one-line OFASys instruction. Load it with `AutoModelForSeq2SeqLM` and `AutoProcessor` after "
+        "`import modeling_ofa, processing` (`pip install ofa-hf`), or without the package with "
+        "`trust_remote_code=True` (the folder carries the model's and processor's code), or run it with "
+        '`pipeline("ofa-instruction")` or the standard `pipeline("image-text-to-text")`.'
+    )
+
+
+def _task_sections(
+    tasks: Mapping[str, str], datasets: Mapping[str, str], closed_sets: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """ "## Tasks": each task's instruction, dataset link and (the first 20 of) its closed set."""
+    body = ["## Tasks", "", "Each task is an instruction saved in `processor_config.json`; pass its name.", ""]
     for task, instruction in tasks.items():
         body += [f"### `{task}`", "", "```text", instruction, "```", ""]
         if task in datasets:
@@ -604,6 +628,14 @@ def build_model_card(
             shown = ", ".join(f"`{c}`" for c in closed_sets[task][:20])
             more = f" and {len(closed_sets[task]) - 20} more" if len(closed_sets[task]) > 20 else ""
             body += [f"Closed set ({len(closed_sets[task])} answers): {shown}{more}", ""]
+    return body
+
+
+def _results_section(
+    results: Mapping[str, Mapping[str, float]], datasets: Mapping[str, str], generated_images: str | None
+) -> list[str]:
+    """ "## Results" (a row per task and metric) and "## Generated images" when the folder has a grid."""
+    body = []
     if results:
         body += ["## Results", "", "| task | dataset | metric | value |", "|---|---|---|---|"]
         for task, metrics in results.items():
@@ -611,12 +643,19 @@ def build_model_card(
                 body.append(f"| `{task}` | {datasets.get(task, '-')} | {metric} | {_format_number(value)} |")
         body.append("")
     if generated_images is not None:
-        body += [
-            "## Generated images",
-            "",
-            f"![Images generated by the model beside the reference pictures]({generated_images})",
-            "",
-        ]
+        alt = "Images generated by the model beside the reference pictures"
+        body += ["## Generated images", "", f"![{alt}]({generated_images})", ""]
+    return body
+
+
+def _usage_sections(
+    repo_id: str,
+    usage_task: str,
+    tasks: Mapping[str, str],
+    closed_sets: Mapping[str, Sequence[str]],
+    example_inputs: Mapping[str, str] | None,
+) -> list[str]:
+    """The usage snippets: the OFA pipeline, the processor and model, and the standard pipeline with a free prompt."""
     pipeline_snippet, direct_snippet = build_usage_snippets(
         repo_id,
         usage_task,
@@ -624,7 +663,7 @@ def build_model_card(
         closed_set=usage_task in closed_sets,
         example_inputs=example_inputs,
     )
-    body += [
+    body = [
         _USAGE_HEADING,
         "",
         f"With the pipeline (`{usage_task}` shown; any task above works the same way):",
@@ -652,16 +691,7 @@ def build_model_card(
             "```",
             "",
         ]
-    body += [
-        "## Citation",
-        "",
-        "```bibtex",
-        _CITATION,
-        "```",
-        "",
-    ]
-    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
-    return ModelCard(content)
+    return body
 
 
 # ---------------------------------------------------------------------------------------------------------------------
