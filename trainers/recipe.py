@@ -668,6 +668,27 @@ def _log_verdict(results: Sequence[TaskResult]) -> None:
         _log("no chance levels are known for these tasks: their metrics are reported without a verdict")
 
 
+def _text_to_image_task(config: Mapping[str, Any], demo: Any, seed: int, processor: Any) -> tuple | None:
+    """The demo's text-to-image task when the config has a `text_to_image` section: (task, test split, VQ tokenizer
+    info); the tokenizer is trained once per corpus and reused."""
+    if config.get("text_to_image") is None or demo is None:
+        return None
+    from .demo.text_to_image import prepare_text_to_image
+
+    root = Path((config.get("data") or {}).get("demo", {}).get("root", "demo_data"))
+    picture = prepare_text_to_image(config["text_to_image"], root, seed, processor)
+    how = "trained" if picture[2]["trained"] else "loaded (unchanged corpus)"
+    _log(f"VQ image tokenizer {how} in {picture[2]['seconds']:.0f}s, L1 {picture[2]['reconstruction_error']:.3f}")
+    return picture
+
+
+def _text_to_image_results(trainer: Any, picture: tuple, grid: Path | None) -> list[TaskResult]:
+    """The text-to-image task's test rows (scene match, tokenizer error); `grid` receives the generated pictures."""
+    from .demo.text_to_image import text_to_image_results
+
+    return text_to_image_results(trainer.model, trainer.processing_class, picture[1], picture[2], grid)
+
+
 def run(config: dict[str, Any]) -> list[TaskResult]:
     """Run a config end to end; returns the per-task test results (also written into the output folder).
 
@@ -704,16 +725,9 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     p = dict(config.get("processor") or {})
     image_processor = processing.OFAImageProcessor(size=p.pop("image_size", 384))
     processor = processing.OFAProcessor(image_processor, tokenizer, **p)
-
-    picture = None  # (task, test split, VQ tokenizer info) of the text-to-image task
-    if config.get("text_to_image") is not None and demo is not None:
-        from .demo.text_to_image import prepare_text_to_image
-
-        root = Path((config.get("data") or {}).get("demo", {}).get("root", "demo_data"))
-        picture = prepare_text_to_image(config["text_to_image"], root, seed, processor)
+    picture = _text_to_image_task(config, demo, seed, processor)  # (task, test split, VQ tokenizer info) or None
+    if picture is not None:
         tasks.append(picture[0])
-        how = "trained" if picture[2]["trained"] else "loaded (unchanged corpus)"
-        _log(f"VQ image tokenizer {how} in {picture[2]['seconds']:.0f}s, L1 {picture[2]['reconstruction_error']:.3f}")
 
     model = _model(config, tokenizer, processor)
     _log(f"model: {sum(q.numel() for q in model.parameters()) / 1e6:.1f}M parameters, tokenizer: {len(tokenizer)}")
@@ -740,11 +754,8 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     results = _test_results(trainer, built, examples)  # every rank generates its share; the answers are gathered
     main = trainer.is_world_process_zero()
     if picture is not None:
-        from .demo.text_to_image import text_to_image_results
-
         output_dir.mkdir(parents=True, exist_ok=True)
-        grid = output_dir / "generated.png" if main else None
-        results += text_to_image_results(trainer.model, trainer.processing_class, picture[1], picture[2], grid)
+        results += _text_to_image_results(trainer, picture, output_dir / "generated.png" if main else None)
     if main:
         print(results_table(results), flush=True)
     int8 = None
@@ -754,7 +765,7 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
         int8_trainer = MultiTaskTrainer(model=quantized, args=args, tasks=tasks, processor=processor)
         int8 = _test_results(int8_trainer, built, label="int8 test")
         if picture is not None:
-            int8 += text_to_image_results(quantized, int8_trainer.processing_class, picture[1], picture[2])
+            int8 += _text_to_image_results(int8_trainer, picture, None)
         if main:
             print("int8 (dynamic quantization of the linear layers):\n" + results_table(int8), flush=True)
 
