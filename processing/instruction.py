@@ -1343,49 +1343,15 @@ class _Parser:
         elements: list[Element] = []
         inner: list[Slot] | None = None  # members of the open group, if any
         group_open: tuple[int, bool] | None = None  # (start position, space_before) of the open group
-        chars: list[_Lit] = []
-        pending_space = False
+        chars: list[_Lit] = []  # the literal run being collected
+        pending_space = False  # whether whitespace precedes the next element
         close_at = -1
-
-        def emit(slot: Slot) -> None:
-            (inner if inner is not None else elements).append(slot)
-
-        def source_span(offset: int) -> tuple[int, int]:
-            """Where character `offset` of the joined literal run `chars` is in the instruction."""
-            for piece in chars:
-                if offset < len(piece.text):
-                    return piece.source_span(offset)
-                offset -= len(piece.text)
-            raise AssertionError("offset beyond the literal run")
 
         def flush() -> None:
             nonlocal pending_space
-            if not chars:
-                return
-            joined = "".join(piece.text for piece in chars)
-            text = joined.strip()  # str.strip and str.isspace agree on what whitespace is
-            if not text:
-                pending_space = True
-            else:
-                lo = len(joined) - len(joined.lstrip())
-                hi = lo + len(text)
-                if _BOS_EOS_RE.search(text):
-                    self.warnings.append(
-                        f"{text!r} contains <BOS>/<EOS>: kept as literal text (BOS/EOS are added automatically)"
-                    )
-                emit(
-                    Slot(
-                        modality="TEXT",
-                        column=None,
-                        text=text,
-                        attrs=(),
-                        is_source=is_source,
-                        span=(source_span(lo)[0], source_span(hi - 1)[1]),
-                        space_before=pending_space or lo > 0,
-                    )
-                )
-                self.position += 1
-                pending_space = hi < len(joined)
+            slot, pending_space = self.literal_slot(chars, pending_space, is_source=is_source)
+            if slot is not None:
+                (inner if inner is not None else elements).append(slot)
             chars.clear()
 
         for index, token in enumerate(tokens):
@@ -1414,25 +1380,64 @@ class _Parser:
                 chars.append(_Lit(token.start, token.start + 1, token.char))
             else:
                 flush()
-                column, positional = token.column, token.column is None
-                if positional:
-                    column = str(self.position)
-                slot = Slot(
-                    modality=token.modality,
-                    column=column,
-                    text=None,
-                    attrs=token.attrs,
-                    is_source=is_source,
-                    span=token.span,
-                    space_before=pending_space,
-                    positional=positional,
-                )
-                self.attr_positions[id(slot)] = token.attr_positions
-                emit(slot)
-                self.position += 1
+                (inner if inner is not None else elements).append(self.data_slot(token, pending_space, is_source))
                 pending_space = False
         flush()
         return tuple(elements)
+
+    def literal_slot(self, chars: list[_Lit], pending_space: bool, *, is_source: bool) -> tuple[Slot | None, bool]:
+        """The plain-text slot of a literal run (None for an empty or all-whitespace run) and whether whitespace
+        follows it."""
+        if not chars:
+            return None, pending_space
+        joined = "".join(piece.text for piece in chars)
+        text = joined.strip()  # str.strip and str.isspace agree on what whitespace is
+        if not text:
+            return None, True
+
+        def source_span(offset: int) -> tuple[int, int]:
+            """Where character `offset` of the joined run is in the instruction."""
+            for piece in chars:
+                if offset < len(piece.text):
+                    return piece.source_span(offset)
+                offset -= len(piece.text)
+            raise AssertionError("offset beyond the literal run")
+
+        lo = len(joined) - len(joined.lstrip())
+        hi = lo + len(text)
+        if _BOS_EOS_RE.search(text):
+            self.warnings.append(
+                f"{text!r} contains <BOS>/<EOS>: kept as literal text (BOS/EOS are added automatically)"
+            )
+        slot = Slot(
+            modality="TEXT",
+            column=None,
+            text=text,
+            attrs=(),
+            is_source=is_source,
+            span=(source_span(lo)[0], source_span(hi - 1)[1]),
+            space_before=pending_space or lo > 0,
+        )
+        self.position += 1
+        return slot, hi < len(joined)
+
+    def data_slot(self, token: _RawSlot, space_before: bool, is_source: bool) -> Slot:
+        """The slot of a `[MODALITY:column,...]` token; a slot without a column reads the column named by its
+        position (OFASys's positional form)."""
+        positional = token.column is None
+        slot = Slot(
+            modality=token.modality,
+            column=str(self.position) if positional else token.column,
+            text=None,
+            attrs=token.attrs,
+            is_source=is_source,
+            span=token.span,
+            space_before=space_before,
+            positional=positional,
+        )
+        self.attr_positions[id(slot)] = token.attr_positions
+        self.position += 1
+        return slot
 
     # -- checks that need a whole template or plan ---------------------------------------------------------------------
 
