@@ -284,6 +284,18 @@ def _additive_mask(masked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(masked.shape, dtype=dtype, device=masked.device).masked_fill(masked, torch.finfo(dtype).min)
 
 
+def _causal_padding_mask(
+    past: int, total: int, attention_mask: torch.Tensor | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive causal (and, with `attention_mask`, padding) mask of the steps `past..total` over all `total` keys:
+    (1 or B, 1, T, S)."""
+    query_pos = torch.arange(past, total, device=device)
+    masked = (torch.arange(total, device=device)[None, :] > query_pos[:, None])[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        masked = masked | attention_mask[:, None, None, -total:].eq(0)
+    return _additive_mask(masked, dtype)
+
+
 def _tracing() -> bool:
     """Whether the model is being traced or compiled: data-dependent shortcuts must then stay out of the graph."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
@@ -1274,17 +1286,7 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         bsz, tgt_len = inputs_embeds.shape[:2]
-        if use_cache and cache is None:
-            cache = OFACache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        elif cache is not None:
-            cache = OFACache.from_cache(cache)
-            if not isinstance(cache.self_attention_cache, DynamicCache):
-                # A fixed-size cache returns keys for all its slots, which the biases and masks here (built for the
-                # positions so far) do not cover: it would attend to empty slots rather than fail.
-                raise TypeError(
-                    "OFA's decoder supports a DynamicCache for self-attention (generate's default), got "
-                    f"{type(cache.self_attention_cache).__name__}; do not pass cache_implementation='static'"
-                )
+        cache = self._decoding_cache(cache, use_cache)
         past = cache.get_seq_length() if cache is not None else 0
         total = past + tgt_len
         self._check_length(total, "the decoder sequence")
@@ -1293,6 +1295,7 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         # Per-kind positions of all S decoder steps: text (1-D) and, if any sample generates codes, image (2-D).
         kinds = [(self.embed_positions.weight[:total], self.pos_ln)]  # [(positions (S, D), LayerNorm)]
         use_codes = code_masks is not None and bool(code_masks.any())
+        select = None  # (B, 1, 1, 1): True for the samples that generate codes
         if use_codes:
             code_ids = self.image_position_idx[:total]
             kinds.append((self.embed_image_positions(code_ids), self.image_pos_ln))
@@ -1310,18 +1313,7 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
             )
             encoder_hidden_states = encoder_hidden_states[::kv_repeats]  # (B/k, N, D)
         if cross_keys is None:
-            rows = encoder_position_embeddings
-            if _batch_invariant(rows):
-                rows = rows[:1]  # the same positions in every row: project one, broadcast the rest
-            elif cache is not None:
-                rows = rows[:: cache.cross_groups]
-            cross_keys = self._heads(self.cross_pos_k_linear(rows))  # (1, B/k or B, H, N, D/H)
-            if cross_keys.shape[0] == 1:
-                cross_keys = cross_keys.expand(bsz, -1, -1, -1)
-            elif cross_keys.shape[0] != bsz:
-                cross_keys = cross_keys.repeat_interleave(bsz // cross_keys.shape[0], 0)
-            if cache is not None:
-                cache.cross_position_keys = cross_keys
+            cross_keys = self._cross_position_keys(encoder_position_embeddings, cache, bsz)
         self_abs = []  # [(H, T, S)]
         for kind, (pos, ln) in enumerate(kinds):
             stored = cache.self_position_keys.get(kind) if cache is not None else None
@@ -1336,12 +1328,7 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         encoder_mask = _additive_mask(encoder_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, N)
         cross_bias = cross_bias + encoder_mask  # (B, H, T, N)
 
-        # Causal and padding mask over the S keys: (1 or B, 1, T, S).
-        query_pos = torch.arange(past, total, device=device)
-        masked = (torch.arange(total, device=device)[None, :] > query_pos[:, None])[None, None]
-        if attention_mask is not None:
-            masked = masked | attention_mask[:, None, None, -total:].eq(0)
-        self_mask = _additive_mask(masked, dtype)
+        self_mask = _causal_padding_mask(past, total, attention_mask, device, dtype)  # (1 or B, 1, T, S)
         # Positions that experts route: real target tokens only.
         if attention_mask is not None:
             token_mask = attention_mask[:, -tgt_len:].ne(0)  # (B, T)
@@ -1350,15 +1337,7 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         else:
             token_mask = None
 
-        # Embeddings: text samples and code samples have their own LayerNorm.
-        x = inputs_embeds * self.embed_scale
-        if self.config.entangle_position_embedding:
-            x = x + (kinds[1][0][past:] if use_codes else kinds[0][0][past:])
-        if use_codes and self.code_layernorm_embedding is not None:
-            x = torch.where(select.view(bsz, 1, 1), self.code_layernorm_embedding(x), self._text_ln(x))
-        else:
-            x = self._text_ln(x)
-        x = self.dropout(x)
+        x = self._embed(inputs_embeds, kinds[-1][0][past:], select)  # (B, T, D)
         if decoder_modality_ids is None:
             decoder_modality_ids = torch.full((bsz,), MODALITIES.index("TEXT"), dtype=torch.long, device=device)
             if use_codes:
@@ -1367,28 +1346,12 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
                 )
         modality_ids = decoder_modality_ids.view(bsz, 1).expand(bsz, tgt_len)  # (B, T): one modality per target
 
-        # Relative text bias of every layer at once: one lookup in the layers' tables side by side, (L, H, T, S).
-        num_layers, heads = len(self.layers), self.num_heads
-        tables = torch.cat([table.weight for table in self.token_rel_pos_table_list], dim=1)  # (buckets, L*H)
-        rel_text = F.embedding(self.token_rp_bucket[past:total, :total], tables)  # (T, S, L*H)
-        rel_text = rel_text.view(tgt_len, total, num_layers, heads).permute(2, 3, 0, 1)  # (L, H, T, S)
-        if use_codes:
-            code_buckets = self.image_rp_bucket[code_ids[past:total, None], code_ids[None, :]]  # (T, S)
-            text_bias = rel_text + self_abs[0]  # (L, H, T, S)
-        else:
-            # With the causal and padding mask: (L, 1 or B, H, T, S), each layer's bias ready for the attention.
-            layer_biases = (rel_text + self_abs[0])[:, None] + self_mask[None]
-
+        layer_bias = self._layer_self_biases(past, total, self_abs, self_mask, select, code_ids if use_codes else None)
         for idx, layer in enumerate(self.layers):
-            if use_codes:
-                rel_code = F.embedding(code_buckets, self.image_rel_pos_table_list[idx].weight).permute(2, 0, 1)
-                bias = torch.where(select, self_abs[1] + rel_code, text_bias[idx]) + self_mask  # (B, H, T, S)
-            else:
-                bias = layer_biases[idx]  # (1 or B, H, T, S)
             x = layer(
                 x,
                 None,
-                bias,
+                layer_bias(idx),
                 encoder_hidden_states,
                 None,
                 cross_bias,
@@ -1401,6 +1364,83 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return OFADecoderOutput(last_hidden_state=x, **{CACHE_NAME: cache if use_cache else None})
+
+    def _layer_self_biases(
+        self,
+        past: int,
+        total: int,
+        self_abs: list[torch.Tensor],
+        self_mask: torch.Tensor,
+        code_select: torch.Tensor | None,
+        code_ids: torch.Tensor | None,
+    ) -> Callable[[int], torch.Tensor]:
+        """`idx -> ` layer `idx`'s self-attention bias (absolute + relative + mask, (1 or B, H, T, S)). The text
+        relative bias of every layer comes from one lookup in the layers' tables side by side; with code samples
+        (`code_ids`, `code_select`) each layer's 2-D code bias is built when the layer asks for it, so only one
+        (B, H, T, S) tensor of it exists at a time."""
+        tgt_len = total - past
+        tables = torch.cat([table.weight for table in self.token_rel_pos_table_list], dim=1)  # (buckets, L*H)
+        rel_text = F.embedding(self.token_rp_bucket[past:total, :total], tables)  # (T, S, L*H)
+        rel_text = rel_text.view(tgt_len, total, len(self.layers), self.num_heads).permute(2, 3, 0, 1)  # (L, H, T, S)
+        if code_ids is None:
+            # With the causal and padding mask: (L, 1 or B, H, T, S), each layer's bias ready for the attention.
+            layer_biases = (rel_text + self_abs[0])[:, None] + self_mask[None]
+            return lambda idx: layer_biases[idx]
+        code_buckets = self.image_rp_bucket[code_ids[past:total, None], code_ids[None, :]]  # (T, S)
+        text_bias = rel_text + self_abs[0]  # (L, H, T, S)
+
+        def code_bias(idx: int) -> torch.Tensor:
+            rel_code = F.embedding(code_buckets, self.image_rel_pos_table_list[idx].weight).permute(2, 0, 1)
+            return torch.where(code_select, self_abs[1] + rel_code, text_bias[idx]) + self_mask  # (B, H, T, S)
+
+        return code_bias
+
+    def _decoding_cache(self, cache: Cache | None, use_cache: bool | None) -> OFACache | None:
+        """The cache this call reads and extends: a new `OFACache` with `use_cache`, the one given (wrapped)."""
+        if cache is None:
+            return OFACache(DynamicCache(config=self.config), DynamicCache(config=self.config)) if use_cache else None
+        cache = OFACache.from_cache(cache)
+        if not isinstance(cache.self_attention_cache, DynamicCache):
+            # A fixed-size cache returns keys for all its slots, which the biases and masks here (built for the
+            # positions so far) do not cover: it would attend to empty slots rather than fail.
+            raise TypeError(
+                "OFA's decoder supports a DynamicCache for self-attention (generate's default), got "
+                f"{type(cache.self_attention_cache).__name__}; do not pass cache_implementation='static'"
+            )
+        return cache
+
+    def _cross_position_keys(
+        self, encoder_position_embeddings: torch.Tensor, cache: OFACache | None, bsz: int
+    ) -> torch.Tensor:
+        """The decoder's projection of the encoder positions, (B, H, N, D/H), projected once and kept on the cache."""
+        rows = encoder_position_embeddings
+        if _batch_invariant(rows):
+            rows = rows[:1]  # the same positions in every row: project one, broadcast the rest
+        elif cache is not None:
+            rows = rows[:: cache.cross_groups]
+        cross_keys = self._heads(self.cross_pos_k_linear(rows))  # (1, B/k or B, H, N, D/H)
+        if cross_keys.shape[0] == 1:
+            cross_keys = cross_keys.expand(bsz, -1, -1, -1)
+        elif cross_keys.shape[0] != bsz:
+            cross_keys = cross_keys.repeat_interleave(bsz // cross_keys.shape[0], 0)
+        if cache is not None:
+            cache.cross_position_keys = cross_keys
+        return cross_keys
+
+    def _embed(
+        self, inputs_embeds: torch.Tensor, positions: torch.Tensor, code_select: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Scaled token embeddings (+ the step's positions when entangled), each sample through its own LayerNorm:
+        code samples (`code_select`, (B, 1, 1, 1)) through the code one, text samples through the text one."""
+        x = inputs_embeds * self.embed_scale
+        if self.config.entangle_position_embedding:
+            x = x + positions
+        if code_select is not None and self.code_layernorm_embedding is not None:
+            bsz = x.shape[0]
+            x = torch.where(code_select.view(bsz, 1, 1), self.code_layernorm_embedding(x), self._text_ln(x))
+        else:
+            x = self._text_ln(x)
+        return self.dropout(x)
 
     def _text_ln(self, x: torch.Tensor) -> torch.Tensor:
         return self.layernorm_embedding(x) if self.layernorm_embedding is not None else x
