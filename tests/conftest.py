@@ -10,7 +10,9 @@ from hypothesis import settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+# Two threads on the two cores CI has; one per worker under pytest-xdist (`-n 2`), where the workers already fill
+# the cores and a second thread each would only make them wait on each other.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # In CI the property tests draw the same examples every run, so a submission's result does not depend on luck;
 # locally they explore new examples each run.
