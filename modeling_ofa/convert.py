@@ -15,8 +15,9 @@ between the sources, `image_position_idx` (769 vs 768 filler entries), is such a
 the `code_image_size` a checkpoint was built with.
 
 Loading never runs code from the checkpoint: `torch.load(weights_only=True)` first, and for fairseq checkpoints
-(which pickle a Namespace and omegaconf objects) a restricted unpickler that rebuilds only tensors and plain
-containers, turns Namespace and omegaconf containers into dicts, and refuses every other global by name.
+(which pickle a Namespace and omegaconf objects) a restricted unpickler (`RestrictedUnpickler`, through
+`restricted_torch_load`) that rebuilds only tensors and plain containers, turns Namespace and omegaconf containers
+into dicts, and refuses every other global by name.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import re
 import shutil
 import types
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ __all__ = [
     "TIED_KEYS",
     "FAIRSEQ_ARCH_PRESETS",
     "OFA_GENERATION_DEFAULTS",
+    "PORT_CONFIG_FIELDS",
+    "RestrictedUnpickler",
     "StateDictMismatchError",
     "load_original_checkpoint",
     "detect_source",
@@ -59,6 +62,7 @@ __all__ = [
     "convert_state_dict",
     "check_state_dict",
     "convert_checkpoint",
+    "restricted_torch_load",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,8 +216,10 @@ _FAIRSEQ_UNSUPPORTED_ARGS: tuple[tuple[str, Any, str], ...] = (
 # Training-time fairseq settings that do not survive conversion; a non-default value only earns a warning.
 _FAIRSEQ_IGNORED_ARGS: dict[str, Any] = {"encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0}
 
-# HF-port config.json fields that OFAConfig has under the same name and meaning.
-_HF_PORT_FIELDS: tuple[str, ...] = (
+# Config fields of OFA-Sys's transformers port (its `config.json` and its `OFAConfig` arguments) that OFAConfig has
+# under the same name and meaning: read from a port's config when converting, and passed to the port's constructor
+# by the benchmark that compares it with this model.
+PORT_CONFIG_FIELDS: tuple[str, ...] = (
     "vocab_size",
     "max_position_embeddings",
     "encoder_layers",
@@ -397,8 +403,17 @@ _INERT_BUILTINS: frozenset[str] = frozenset(
 )
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler admitting only `_SAFE_GLOBALS`, torch dtypes and storages, and inert data-only packages."""
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler admitting only tensors, plain containers (`_SAFE_GLOBALS`, torch dtypes and storages) and the
+    globals of data-only packages, which load as inert stand-ins that record their arguments and state and never run.
+
+    Attributes:
+        inert_packages (`frozenset[str]`): Top-level packages whose globals load as inert stand-ins: the allow-list
+            hook. A checkpoint format with more data-only globals (Lightning's callback keys) extends it, through
+            `restricted_torch_load(..., inert_packages=...)` or a subclass; every other global is refused by name.
+    """
+
+    inert_packages: frozenset[str] = _INERT_PACKAGES
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocol-2 pickles (torch's default) name globals the Python 2 way; map them back as pickle itself does.
@@ -411,7 +426,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         if module == "torch" and name.endswith("Storage") and isinstance(getattr(torch, name, None), type):
             return getattr(torch, name)
-        if module.split(".")[0] in _INERT_PACKAGES or (module == "builtins" and name in _INERT_BUILTINS):
+        if module.split(".")[0] in self.inert_packages or (module == "builtins" and name in _INERT_BUILTINS):
             return type(name, (_Opaque,), {"qualname": f"{module}.{name}"})
         raise pickle.UnpicklingError(
             f"refusing to load global {module}.{name}: a checkpoint may only hold tensors, plain containers and "
@@ -419,12 +434,35 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-# torch.load takes a pickle *module*; this one exposes only the restricted unpickler.
-_restricted_pickle = types.SimpleNamespace(
-    __name__="ofa_restricted_pickle",
-    Unpickler=_RestrictedUnpickler,
-    load=lambda file, **kwargs: _RestrictedUnpickler(file, **kwargs).load(),
-)
+def restricted_torch_load(path: PathLike, inert_packages: Iterable[str] = ()) -> Any:
+    """
+    `torch.load` of a checkpoint without executing code from it: `weights_only=True` first, and where that refuses
+    the file (fairseq's Namespace and omegaconf objects, Lightning's callback keys), `RestrictedUnpickler`.
+
+    Args:
+        path: the checkpoint file.
+        inert_packages: top-level packages whose globals also load as inert stand-ins, beside
+            `RestrictedUnpickler.inert_packages`.
+
+    Raises:
+        pickle.UnpicklingError: the file names a global outside the allow-list (the message names it).
+    """
+    extra = frozenset(inert_packages)
+
+    class Unpickler(RestrictedUnpickler):
+        inert_packages = RestrictedUnpickler.inert_packages | extra
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        logger.info("weights_only load of %s failed (%s); retrying with the restricted unpickler", path, error)
+    # torch.load takes a pickle *module*; this one exposes only the restricted unpickler.
+    module = types.SimpleNamespace(
+        __name__="ofa_restricted_pickle",
+        Unpickler=Unpickler,
+        load=lambda file, **kwargs: Unpickler(file, **kwargs).load(),
+    )
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
 
 
 def _to_plain(obj: Any) -> Any:
@@ -446,14 +484,6 @@ def _to_plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_plain(value) for value in obj)
     return obj
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        logger.info("weights_only load of %s failed (%s); retrying with the restricted unpickler", path, error)
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
 
 
 def _fairseq_hparams(ckpt: Mapping[str, Any]) -> dict[str, Any]:
@@ -513,7 +543,7 @@ def load_original_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], d
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":
         return _check_tensors(load_file(path), path), hparams
-    obj = _torch_load(path)
+    obj = restricted_torch_load(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         return _check_tensors(obj["model"], path), _fairseq_hparams(obj) or hparams
     if isinstance(obj, Mapping):
@@ -614,7 +644,7 @@ def config_from_hf_port_config(config: Mapping[str, Any]) -> dict[str, Any]:
         problems.append("encoder_normalize_before and decoder_normalize_before differ: this model has one setting")
     if problems:
         raise ValueError("cannot convert this OFA transformers-port checkpoint:\n  " + "\n  ".join(problems))
-    kwargs = {name: config[name] for name in _HF_PORT_FIELDS if config.get(name) is not None}
+    kwargs = {name: config[name] for name in PORT_CONFIG_FIELDS if config.get(name) is not None}
     kwargs["normalize_before"] = before.pop()
     for name in ("encoder_layerdrop", "decoder_layerdrop"):
         if config.get(name):

@@ -11,17 +11,15 @@ the rest:
 * every other tensor must be a parameter of the model with the model's shape, and every parameter must be given;
   otherwise `StateDictMismatchError` names the missing, unexpected and mis-shaped keys.
 
-Loading never runs code from the checkpoint: `torch.load(weights_only=True)` first, then the restricted unpickler
-of `modeling_ofa.convert`, which here also admits Lightning's globals (a Lightning checkpoint keys its callback
-states by callback class and may pickle an `AttributeDict` of hyper-parameters) as inert stand-ins.
+Loading never runs code from the checkpoint: `modeling_ofa.convert.restricted_torch_load` (`weights_only=True`
+first, then the restricted unpickler), which here also admits Lightning's globals (a Lightning checkpoint keys its
+callback states by callback class and may pickle an `AttributeDict` of hyper-parameters) as inert stand-ins.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import time
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 import torch
 
 from .configuration_vqgan import VQGAN_PRESETS, OFAVQGANConfig
-from .convert import _RestrictedUnpickler, check_state_dict
+from .convert import check_state_dict, restricted_torch_load
 from .modeling_vqgan import OFAVQGANModel
 
 PathLike = str | os.PathLike
@@ -69,22 +67,6 @@ _TRAINING_PARAMS: frozenset[str] = frozenset(
 _LIGHTNING_PACKAGES: frozenset[str] = frozenset({"pytorch_lightning", "lightning", "lightning_fabric"})
 
 
-class _LightningUnpickler(_RestrictedUnpickler):
-    """The restricted unpickler, also admitting Lightning's data-only globals as inert objects."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] in _LIGHTNING_PACKAGES:
-            return super().find_class("omegaconf", name)  # any inert package yields the same kind of stand-in
-        return super().find_class(module, name)
-
-
-_lightning_pickle = types.SimpleNamespace(
-    __name__="ofa_restricted_lightning_pickle",
-    Unpickler=_LightningUnpickler,
-    load=lambda file, **kwargs: _LightningUnpickler(file, **kwargs).load(),
-)
-
-
 def load_vqgan_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
     """
     Read the weights of an original VQGAN checkpoint without executing code from it.
@@ -98,10 +80,7 @@ def load_vqgan_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no VQGAN checkpoint at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_lightning_pickle)
+    obj = restricted_torch_load(path, inert_packages=_LIGHTNING_PACKAGES)
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
