@@ -28,6 +28,7 @@ FIGURES = (
     "multitask_vs_trainer",
     "onnx_vs_torch",
     "int8_vs_fp32",
+    "image_generation",
     "port_logits_parity",
     "train_step_vs_port",
     "generate_vs_port",
@@ -56,6 +57,7 @@ TARGETS = {
     "mfu": (">=", 0.4),
     "checkpointing_memory": ("<=", 0.6),
     "multitask_vs_trainer": (">=", 0.95),
+    "image_generation": ("<=", 1.2),
     "port_logits_parity": ("<=", 1e-4),
     "train_step_vs_port": ("<=", 0.77),
     "generate_vs_port": ("<=", 0.77),
@@ -196,6 +198,28 @@ def test_machine_and_settings(quick_run):
     assert settings["workload"]["repeats"] >= 1 and settings["workload"]["warmup"] == 0
 
 
+def test_image_generation_measures_the_demo_and_the_run_size(quick_run):
+    record = quick_run[0]["figures"]["image_generation"]
+    assert record["status"] == "ok"
+    details = record["details"]
+    grid = quick_run[0]["settings"]["workload"]["image_code_grid"]
+    assert details["grid"] == [grid, grid] and details["new_tokens"] == grid * grid
+    assert details["code_image_size"] == 8 * grid
+    sizes = {"demo", "tiny"}
+    assert sizes <= set(details)
+    for size in sizes:
+        mode = details[size]
+        assert mode["images_per_second"] > 0 and mode["images_per_cpu_second"] > 0
+        code_s, text_s = mode["code_seconds"]["median"], mode["text_seconds"]["median"]
+        assert mode["ratio"] == pytest.approx(code_s / text_s, rel=1e-3)
+        assert mode["code_ms_per_token"] == pytest.approx(1000 * code_s / (grid * grid), rel=1e-3)
+    # The demo model keeps its tokenizer's vocabulary, the published sizes OFA's.
+    assert details["demo"]["vocab_size"] < details["tiny"]["vocab_size"] == 59457
+    worst = max(sizes, key=lambda size: details[size]["ratio"])
+    assert details["worst_mode"] == worst and record["value"] == pytest.approx(details[worst]["ratio"])
+    assert details["cpu_time_value"] == max(details[size]["cpu_time_ratio"] for size in sizes)
+
+
 def test_table_goes_to_stderr(quick_run):
     stderr = quick_run[2]
     # Progress lines read "name: status (seconds)"; table rows start with the bare name.
@@ -238,6 +262,48 @@ def test_figure_judges_the_target(bench_module, name, value, meets):
     record = bench_module.figure(name, value, 1.0, value, {})
     assert record["meets_target"] is meets
     assert record["status"] == "ok"
+
+
+def test_image_generation_calls_differ_only_in_the_code_mode(bench_module):
+    from processing.image_generation import CodeTokenLogitsProcessor
+
+    processor = bench_module.make_processor(32)
+    calls = bench_module.image_generation_calls(processor, 256)
+    (code_inputs, code_kwargs), (text_inputs, text_kwargs) = calls["code"], calls["text"]
+    # The same prompt for both; the image is generated in code mode under the code constraint.
+    assert torch.equal(code_inputs["input_ids"], text_inputs["input_ids"])
+    assert code_inputs["code_masks"].tolist() == [True] and "code_masks" not in text_inputs
+    assert any(isinstance(p, CodeTokenLogitsProcessor) for p in code_kwargs["logits_processor"])
+    assert not text_kwargs.get("logits_processor")
+    for kwargs in (code_kwargs, text_kwargs):
+        assert kwargs["min_new_tokens"] == kwargs["max_new_tokens"] == 256
+        assert kwargs["do_sample"] is True and kwargs["top_k"] == 256 and kwargs["num_return_sequences"] == 1
+
+
+def test_image_generation_model_decodes_the_requested_grid(bench_module):
+    config = bench_module.image_generation_model("demo", 16, vocab_size=1000).config
+    assert config.code_image_size == 128 and config.image_bucket_size >= 16 and config.vocab_size == 1000
+
+
+@pytest.mark.parametrize("name", ["generate_vs_bart", "generate_vs_port"])
+def test_worst_mode_follows_the_targets_direction(bench_module, name):
+    # generate_vs_bart is a speed-up (>=, the smallest is worst); generate_vs_port a time ratio (<=, the largest).
+    worst = "slow"
+    ratios = {"fast": 1.0, "slow": 0.5} if name == "generate_vs_bart" else {"fast": 0.5, "slow": 1.0}
+    modes = {
+        mode: {
+            "ratio": r,
+            "cpu_time_ratio": r,
+            "ref": {"median": 2.0},
+            "got": {"median": 3.0 if mode == worst else 1.0},
+        }
+        for mode, r in ratios.items()
+    }
+    record = bench_module._worst_mode_figure(name, modes, {"batch": 1}, "ref", "got")
+    assert record["value"] == ratios[worst] and record["details"]["worst_mode"] == worst
+    assert record["measured_seconds"] == 3.0 and record["reference_seconds"] == 2.0
+    assert record["details"]["cpu_time_value"] == ratios[worst] and record["details"]["batch"] == 1
+    assert record["details"][worst] == modes[worst]
 
 
 def test_unavailable_and_error_figures_are_recorded(bench_module, monkeypatch):
