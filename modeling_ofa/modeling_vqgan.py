@@ -227,7 +227,8 @@ class OFAVQGANOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`):
-            `reconstruction_loss + quantization_loss`, what `train_vq_tokenizer` minimizes.
+            `reconstruction_loss + quantization_loss` (`train_vq_tokenizer` weights the reconstruction term by
+            colour and adds an L2 term to it).
         reconstruction (`torch.FloatTensor` of shape `(batch_size, out_channels, height, width)`):
             The decoded image, in [-1, 1] when trained on such pixels (not clamped).
         codes (`torch.LongTensor` of shape `(batch_size, height / f, width / f)`):
@@ -325,18 +326,21 @@ class OFAVQGANModel(OFAVQGANPreTrainedModel):
         """(B, embed_dim, h, w) codebook vectors -> pixels."""
         return self.decoder(self.post_quant_conv(quantized))
 
-    def forward(self, pixel_values: torch.Tensor, temperature: float | None = None) -> OFAVQGANOutput:
+    def forward(
+        self, pixel_values: torch.Tensor, temperature: float | None = None, straight_through: bool | None = None
+    ) -> OFAVQGANOutput:
         """
         Encode, quantize and decode `pixel_values` (B, C, H, W) in [-1, 1].
 
         In training mode the code of each latent is a Gumbel-softmax sample at `temperature` (default
-        `config.gumbel_temperature`; hard with straight-through gradients when `config.straight_through`); in eval
-        mode it is the argmax, as `encode` takes it.
+        `config.gumbel_temperature`), hard with straight-through gradients when `straight_through` (default
+        `config.straight_through`), else the soft sample; in eval mode it is the argmax, as `encode` takes it.
         """
         logits = self.code_logits(pixel_values)  # (B, N, h, w)
         if self.training:
             tau = self.config.gumbel_temperature if temperature is None else temperature
-            one_hot = F.gumbel_softmax(logits, tau=tau, dim=1, hard=self.config.straight_through)
+            hard = self.config.straight_through if straight_through is None else straight_through
+            one_hot = F.gumbel_softmax(logits, tau=tau, dim=1, hard=hard)
         else:
             one_hot = F.one_hot(logits.argmax(dim=1), self.config.num_embeddings).permute(0, 3, 1, 2).to(logits.dtype)
         reconstruction = self.decode_latents(self.quantize.embed_one_hot(one_hot))
@@ -415,22 +419,45 @@ def reconstruction_error(model: OFAVQGANModel, pixel_values: torch.Tensor, batch
     return total / pixel_values.numel()
 
 
+def colour_weights(pixel_values: torch.Tensor, colour_weight: float) -> torch.Tensor:
+    """(B, C, H, W) pixel values in [-1, 1] -> (B, 1, H, W) weights `1 + colour_weight * chroma`, chroma being the
+    spread (max - min) of its channels in [0, 1]: grey pixels weigh 1, fully saturated ones `1 + colour_weight`."""
+    chroma = (pixel_values.amax(dim=1, keepdim=True) - pixel_values.amin(dim=1, keepdim=True)) / 2
+    return 1.0 + colour_weight * chroma
+
+
 def train_vq_tokenizer(
     model: OFAVQGANModel,
     images: Sequence[Image.Image] | torch.Tensor,
     steps: int,
     batch_size: int = 8,
-    learning_rate: float = 2e-3,
-    temperature: tuple[float, float] = (1.0, 0.3),
+    learning_rate: float = 4e-3,
+    betas: tuple[float, float] = (0.9, 0.99),
+    warmup_steps: int = 20,
+    temperature: tuple[float, float] = (1.0, 0.05),
+    straight_through: bool = False,
+    colour_weight: float = 8.0,
+    l2_weight: float = 1.0,
+    init_output_bias: bool = False,
     flip: bool = False,
     seed: int = 0,
 ) -> VQTrainingResult:
     """
     Train `model` in place on `images` (PIL images, resized to `config.resolution`, or a (B, C, H, W) tensor in
-    [0, 1]) for `steps` AdamW steps on `forward`'s loss: L1 reconstruction plus the Gumbel KL term (no perceptual or
-    GAN loss: enough for the demo's flat synthetic scenes). The Gumbel temperature falls linearly from
-    `temperature[0]` to `temperature[1]`, so training ends close to the deterministic codes `encode` takes; the
-    learning rate follows a cosine decay. `flip` adds random horizontal flips. Leaves the model in eval mode.
+    [0, 1]) for `steps` AdamW steps. Leaves the model in eval mode. The defaults are what measured best on the demo's
+    scenes (small saturated objects on a dark grey background, 64 px, tiny preset):
+
+    - Loss: `forward`'s Gumbel KL term plus a colour-weighted L1 + `l2_weight` * L2 reconstruction error, each pixel
+      weighted `1 + colour_weight * chroma` of the target (`colour_weights`). Plain L1 is dominated by the
+      background, so a model that turns red into yellow loses little; the weight makes the objects' hue count, the L2
+      term punishes large hue errors more than background noise. No perceptual or GAN loss.
+    - Quantizer: the soft Gumbel-softmax sample (`straight_through=False`) with a temperature falling linearly from
+      `temperature[0]` to `temperature[1]`: its gradient reaches every code, and at 0.05 the sample is nearly the
+      one-hot argmax that `encode` takes. The hard straight-through sample trained slower in the same steps.
+    - Optimizer: AdamW (no weight decay) at `learning_rate` with `betas`, a linear warm-up over `warmup_steps`, then
+      a cosine decay; 1e-2 diverged, (0.5, 0.9) betas stalled.
+    - `init_output_bias` sets the decoder's output bias to the images' mean colour first (for a fresh model: it
+      starts at the trivial answer instead of mid-grey). `flip` adds random horizontal flips.
     """
     if steps < 1:
         raise ValueError(f"train_vq_tokenizer: steps must be >= 1, got {steps}")
@@ -440,10 +467,17 @@ def train_vq_tokenizer(
     device = next(model.parameters()).device
     pixel_values = pixel_values.to(device)
     error_before = reconstruction_error(model, pixel_values)
+    if init_output_bias:
+        with torch.no_grad():
+            model.decoder.conv_out.bias.copy_(pixel_values.mean(dim=(0, 2, 3)))
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.5, 0.9), weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=betas, weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:
+        return min(1.0, (step + 1) / max(warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     losses = []
     model.train()
     for step in range(steps):
@@ -452,7 +486,10 @@ def train_vq_tokenizer(
         if flip and rng.random() < 0.5:
             batch = batch.flip(-1)
         tau = temperature[0] + (temperature[1] - temperature[0]) * step / max(steps - 1, 1)
-        loss = model(batch, temperature=tau).loss
+        output = model(batch, temperature=tau, straight_through=straight_through)
+        error = output.reconstruction - batch
+        weight = colour_weights(batch, colour_weight)
+        loss = (weight * error.abs()).mean() + l2_weight * (weight * error.square()).mean() + output.quantization_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -473,7 +473,21 @@ def test_tiny_tokenizer_learns_to_reconstruct_scenes():
     torch.manual_seed(0)
     model = OFAVQGANModel(OFAVQGANConfig.from_preset("tiny"))
     images = [scene(i) for i in range(6)]
-    result = train_vq_tokenizer(model, images, steps=40, batch_size=4, learning_rate=3e-3)
+    # The plain-L1 loop (hard straight-through Gumbel, no colour weighting): the demo's defaults spend their error
+    # budget on saturated objects, not on these light backgrounds.
+    result = train_vq_tokenizer(
+        model,
+        images,
+        steps=40,
+        batch_size=4,
+        learning_rate=3e-3,
+        betas=(0.5, 0.9),
+        warmup_steps=0,
+        temperature=(1.0, 0.3),
+        straight_through=True,
+        colour_weight=0.0,
+        l2_weight=0.0,
+    )
     pixels = images_to_pixel_values(images)
     # The baseline a codebook must beat: each image replaced by its own mean colour.
     flat = (pixels - pixels.mean(dim=(2, 3), keepdim=True)).abs().mean()
