@@ -130,10 +130,11 @@ class OFACache(EncoderDecoderCache):
     for its own positions alone:
 
     Attributes:
-        self_position_keys (`dict[int, torch.Tensor]`):
-            Projected self-attention position keys of every decoder position so far, per position kind (0: text
-            positions, 1: image-code positions), each `(num_heads, positions, head_dim)`. They do not depend on the
-            batch row, so beam reordering leaves them; after `crop` the first rows are used.
+        self_position_keys (`dict[str, torch.Tensor]`):
+            Projected self-attention position keys of every decoder position so far, per position kind (`"text"`:
+            1-D text positions, `"image"`: 2-D image-code positions), each `(num_heads, positions, head_dim)`. Keyed
+            by name because a step computes only the kinds its batch uses (text only, codes only, or both). They do
+            not depend on the batch row, so beam reordering leaves them; after `crop` the first rows are used.
         cross_position_keys (`torch.Tensor` of shape `(batch_size, num_heads, encoder_length, head_dim)`, *optional*):
             The decoder's projection of the encoder's position embeddings, computed on the first decoder call.
         cross_groups (`int`):
@@ -149,7 +150,7 @@ class OFACache(EncoderDecoderCache):
 
     def __init__(self, *caches) -> None:
         super().__init__(*caches)
-        self.self_position_keys: dict[int, torch.Tensor] = {}
+        self.self_position_keys: dict[str, torch.Tensor] = {}
         self.cross_position_keys: torch.Tensor | None = None
         self.cross_groups = 1
 
@@ -1202,42 +1203,73 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         )
         return buffers
 
-    def _self_bias(
-        self, positions: torch.Tensor, ln: nn.LayerNorm, past: int, stored_keys: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Absolute self-attention bias of one position kind: new rows `past:` against all S positions.
+    def _position_kinds(self, code_masks: torch.BoolTensor | None, bsz: int) -> tuple[list[str], torch.Tensor | None]:
+        """The position kinds this call computes and, for a batch of both kinds, which samples generate codes.
+
+        A batch of one kind computes only that kind's biases, embeddings and LayerNorms: `["text"]` or `["image"]`
+        and no selection. A mixed batch computes both, `["text", "image"]`, and selects per sample with the
+        returned `(B, 1, 1, 1)` mask. A traced or compiled graph keeps the mixed path whenever any sample (of the
+        sample inputs) generates codes, so that one graph serves every `code_masks`.
+        """
+        if code_masks is None:
+            return ["text"], None
+        code_masks = code_masks.to(torch.bool)
+        if _tracing():
+            return (["text", "image"], code_masks.view(bsz, 1, 1, 1)) if bool(code_masks.any()) else (["text"], None)
+        codes = int(code_masks.sum())  # one host synchronisation for both tests
+        if codes == 0:
+            return ["text"], None
+        if codes == bsz:
+            return ["image"], None
+        return ["text", "image"], code_masks.view(bsz, 1, 1, 1)
+
+    def _kind_positions(self, kind: str, start: int, total: int) -> torch.Tensor:
+        """Position embeddings `start:total` of one kind, (total - start, D): only the rows a step needs are looked
+        up (the image-code ids go through an embedding lookup, the text rows are a slice of the table)."""
+        if kind == "text":
+            return self.embed_positions.weight[start:total]
+        return self.embed_image_positions(self.image_position_idx[start:total])
+
+    def _position_biases(
+        self, kind: str, past: int, total: int, cache: OFACache | None, cross_keys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Absolute self- and cross-attention biases of one position kind for the new rows `past:total`.
+
+        The projected self-attention keys of earlier positions depend on the weights only, so they are kept on the
+        cache (`OFACache.self_position_keys[kind]`) and only the positions after them are projected; the rows
+        before `min(known, past)` are then neither queries nor new keys and are not embedded at all. The new rows
+        go through the kind's position LayerNorm once, for both biases.
 
         Args:
-            positions (`torch.Tensor` of shape `(S, D)`): Position embeddings of all decoder steps.
-            ln (`nn.LayerNorm`): This kind's position LayerNorm.
+            kind (`str`): `"text"` (1-D positions) or `"image"` (the 2-D image-code grid).
             past (`int`): Number of cached steps.
-            stored_keys (`torch.Tensor` of shape `(H, S', D/H)`, *optional*): Projected keys of the first S'
-                positions from an earlier step. They depend on the weights only, so they are reused and only the
-                positions after them are projected.
+            total (`int`): Number of decoder positions S, cached and new.
+            cache (`OFACache`, *optional*): The decoding cache; its stored keys are read and extended.
+            cross_keys (`torch.Tensor` of shape `(B, H, N, D/H)`): Projected encoder positions.
 
         Returns:
-            The bias (H, T, S) and the projected keys of all S positions (H, S, D/H), for the next step.
+            The self-attention bias (H, T, S), the cross-attention bias (1 or B, H, T, N) and the kind's position
+            embeddings of the new rows (T, D).
         """
-        known = 0 if stored_keys is None else min(stored_keys.shape[1], positions.shape[0])
-        if known == 0:
-            normed = ln(positions)  # (S, D)
-            queries, keys = normed[past:], self._heads(self.self_pos_k_linear(normed))  # (T, D), (H, S, D/H)
-        else:
-            first = min(known, past)
-            normed = ln(positions[first:])  # only the rows a query or a new key needs
-            queries, keys = normed[past - first :], stored_keys[:, :known]
-            if known < positions.shape[0]:
-                new_keys = self._heads(self.self_pos_k_linear(normed[known - first :]))
-                keys = torch.cat([keys, new_keys], dim=1)
-        pos_q = self._heads(self.self_pos_q_linear(queries)) * self.pos_scaling  # (H, T, D/H)
-        return torch.matmul(pos_q, keys.transpose(-1, -2)), keys
-
-    def _cross_bias(self, positions: torch.Tensor, ln: nn.LayerNorm, past: int, keys: torch.Tensor) -> torch.Tensor:
-        """Absolute cross-attention bias of one position kind against the encoder positions: (1 or B, H, T, N)."""
-        pos_q = self._heads(self.cross_pos_q_linear(ln(positions[past:]))) * self.pos_scaling  # (H, T, D/H)
-        if _batch_invariant(keys):
-            keys = keys[:1]  # one row broadcast over the batch: (1, H, N, D/H)
-        return torch.matmul(pos_q, keys.transpose(-1, -2))
+        ln = self.pos_ln if kind == "text" else self.image_pos_ln
+        stored = cache.self_position_keys.get(kind) if cache is not None else None
+        known = 0 if stored is None else min(stored.shape[1], total)
+        first = min(known, past)
+        positions = self._kind_positions(kind, first, total)  # (S - first, D)
+        normed = ln(positions)
+        queries = normed[past - first :]  # (T, D)
+        keys = stored[:, :known] if known else None  # (H, known, D/H)
+        if known < total:
+            new_keys = self._heads(self.self_pos_k_linear(normed[known - first :]))  # (H, S - known, D/H)
+            keys = new_keys if keys is None else torch.cat([keys, new_keys], dim=1)
+        if cache is not None:
+            cache.self_position_keys[kind] = keys
+        self_q = self._heads(self.self_pos_q_linear(queries)) * self.pos_scaling  # (H, T, D/H)
+        cross_q = self._heads(self.cross_pos_q_linear(queries)) * self.pos_scaling  # (H, T, D/H)
+        if _batch_invariant(cross_keys):
+            cross_keys = cross_keys[:1]  # one row broadcast over the batch: (1, H, N, D/H)
+        self_bias = torch.matmul(self_q, keys.transpose(-1, -2))  # (H, T, S)
+        return self_bias, torch.matmul(cross_q, cross_keys.transpose(-1, -2)), positions[past - first :]
 
     @merge_with_config_defaults
     @capture_outputs
@@ -1292,14 +1324,9 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         self._check_length(total, "the decoder sequence")
         device, dtype = inputs_embeds.device, inputs_embeds.dtype
 
-        # Per-kind positions of all S decoder steps: text (1-D) and, if any sample generates codes, image (2-D).
-        kinds = [(self.embed_positions.weight[:total], self.pos_ln)]  # [(positions (S, D), LayerNorm)]
-        use_codes = code_masks is not None and bool(code_masks.any())
-        select = None  # (B, 1, 1, 1): True for the samples that generate codes
-        if use_codes:
-            code_ids = self.image_position_idx[:total]
-            kinds.append((self.embed_image_positions(code_ids), self.image_pos_ln))
-            select = code_masks.to(torch.bool).view(bsz, 1, 1, 1)
+        # Text samples use the 1-D text positions, `code_masks` samples the 2-D image-code grid; a batch of one
+        # kind computes only that kind (the other would be computed and thrown away at every step).
+        kinds, select = self._position_kinds(code_masks, bsz)
 
         # Projected position keys that depend on the weights and the encoder only live on the cache, so a cached
         # step projects only its own positions: the encoder positions' keys once per encoder output, the decoder
@@ -1314,15 +1341,15 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
             encoder_hidden_states = encoder_hidden_states[::kv_repeats]  # (B/k, N, D)
         if cross_keys is None:
             cross_keys = self._cross_position_keys(encoder_position_embeddings, cache, bsz)
-        self_abs = []  # [(H, T, S)]
-        for kind, (pos, ln) in enumerate(kinds):
-            stored = cache.self_position_keys.get(kind) if cache is not None else None
-            bias, keys = self._self_bias(pos, ln, past, stored)
-            self_abs.append(bias)
-            if cache is not None:
-                cache.self_position_keys[kind] = keys
-        cross_abs = [self._cross_bias(pos, ln, past, cross_keys) for pos, ln in kinds]  # [(B, H, T, N)]
-        cross_bias = torch.where(select, cross_abs[1], cross_abs[0]) if use_codes else cross_abs[0]
+        self_abs, cross_abs, new_positions = {}, {}, {}  # per kind: (H, T, S), (1 or B, H, T, N), (T, D)
+        for kind in kinds:
+            self_abs[kind], cross_abs[kind], new_positions[kind] = self._position_biases(
+                kind, past, total, cache, cross_keys
+            )
+        if select is not None:
+            cross_bias = torch.where(select, cross_abs["image"], cross_abs["text"])
+        else:
+            cross_bias = cross_abs[kinds[0]]
         # The masks go into the biases, which the attention then takes as is: the cross-attention bias is the same
         # in every layer, so its padding mask is added once rather than once per layer.
         encoder_mask = _additive_mask(encoder_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, N)
@@ -1337,16 +1364,18 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         else:
             token_mask = None
 
-        x = self._embed(inputs_embeds, kinds[-1][0][past:], select)  # (B, T, D)
+        # With any code sample, the entangled positions of every sample are the code positions (`kinds[-1]`).
+        x = self._embed(inputs_embeds, new_positions[kinds[-1]], kinds, select)  # (B, T, D)
         if decoder_modality_ids is None:
-            decoder_modality_ids = torch.full((bsz,), MODALITIES.index("TEXT"), dtype=torch.long, device=device)
-            if use_codes:
+            default = "IMAGE_CODE" if kinds == ["image"] else "TEXT"
+            decoder_modality_ids = torch.full((bsz,), MODALITIES.index(default), dtype=torch.long, device=device)
+            if select is not None:
                 decoder_modality_ids = decoder_modality_ids.masked_fill(
                     select.view(bsz), MODALITIES.index("IMAGE_CODE")
                 )
         modality_ids = decoder_modality_ids.view(bsz, 1).expand(bsz, tgt_len)  # (B, T): one modality per target
 
-        layer_bias = self._layer_self_biases(past, total, self_abs, self_mask, select, code_ids if use_codes else None)
+        layer_bias = self._layer_self_biases(past, total, self_abs, self_mask, select)
         for idx, layer in enumerate(self.layers):
             x = layer(
                 x,
@@ -1369,29 +1398,33 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         self,
         past: int,
         total: int,
-        self_abs: list[torch.Tensor],
+        self_abs: dict[str, torch.Tensor],
         self_mask: torch.Tensor,
         code_select: torch.Tensor | None,
-        code_ids: torch.Tensor | None,
     ) -> Callable[[int], torch.Tensor]:
-        """`idx -> ` layer `idx`'s self-attention bias (absolute + relative + mask, (1 or B, H, T, S)). The text
-        relative bias of every layer comes from one lookup in the layers' tables side by side; with code samples
-        (`code_ids`, `code_select`) each layer's 2-D code bias is built when the layer asks for it, so only one
-        (B, H, T, S) tensor of it exists at a time."""
+        """`idx -> ` layer `idx`'s self-attention bias (absolute + relative + mask, (1 or B, H, T, S)) for the
+        position kinds in `self_abs` (see `_position_kinds`). The text relative bias of every layer comes from one
+        lookup in the layers' tables side by side; a layer's 2-D code bias is built when the layer asks for it, so
+        only one (1 or B, H, T, S) tensor of it exists at a time. A mixed batch selects per sample (`code_select`)."""
         tgt_len = total - past
-        tables = torch.cat([table.weight for table in self.token_rel_pos_table_list], dim=1)  # (buckets, L*H)
-        rel_text = F.embedding(self.token_rp_bucket[past:total, :total], tables)  # (T, S, L*H)
-        rel_text = rel_text.view(tgt_len, total, len(self.layers), self.num_heads).permute(2, 3, 0, 1)  # (L, H, T, S)
-        if code_ids is None:
-            # With the causal and padding mask: (L, 1 or B, H, T, S), each layer's bias ready for the attention.
-            layer_biases = (rel_text + self_abs[0])[:, None] + self_mask[None]
-            return lambda idx: layer_biases[idx]
+        if "text" in self_abs:
+            tables = torch.cat([table.weight for table in self.token_rel_pos_table_list], dim=1)  # (buckets, L*H)
+            rel_text = F.embedding(self.token_rp_bucket[past:total, :total], tables)  # (T, S, L*H)
+            rel_text = rel_text.view(tgt_len, total, len(self.layers), self.num_heads).permute(2, 3, 0, 1)
+            text_bias = rel_text + self_abs["text"]  # (L, H, T, S)
+            if "image" not in self_abs:
+                # With the causal and padding mask: (L, 1 or B, H, T, S), each layer's bias ready for the attention.
+                layer_biases = text_bias[:, None] + self_mask[None]
+                return lambda idx: layer_biases[idx]
+        code_ids = self.image_position_idx[:total]
         code_buckets = self.image_rp_bucket[code_ids[past:total, None], code_ids[None, :]]  # (T, S)
-        text_bias = rel_text + self_abs[0]  # (L, H, T, S)
 
         def code_bias(idx: int) -> torch.Tensor:
             rel_code = F.embedding(code_buckets, self.image_rel_pos_table_list[idx].weight).permute(2, 0, 1)
-            return torch.where(code_select, self_abs[1] + rel_code, text_bias[idx]) + self_mask  # (B, H, T, S)
+            bias = self_abs["image"] + rel_code  # (H, T, S)
+            if code_select is not None:
+                bias = torch.where(code_select, bias, text_bias[idx])  # (B, H, T, S)
+            return bias + self_mask
 
         return code_bias
 
@@ -1428,18 +1461,21 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         return cross_keys
 
     def _embed(
-        self, inputs_embeds: torch.Tensor, positions: torch.Tensor, code_select: torch.Tensor | None
+        self, inputs_embeds: torch.Tensor, positions: torch.Tensor, kinds: list[str], code_select: torch.Tensor | None
     ) -> torch.Tensor:
         """Scaled token embeddings (+ the step's positions when entangled), each sample through its own LayerNorm:
-        code samples (`code_select`, (B, 1, 1, 1)) through the code one, text samples through the text one."""
+        code samples through the code one, text samples through the text one; a mixed batch (`code_select`,
+        (B, 1, 1, 1)) computes both and selects per sample."""
         x = inputs_embeds * self.embed_scale
         if self.config.entangle_position_embedding:
             x = x + positions
-        if code_select is not None and self.code_layernorm_embedding is not None:
+        if "image" not in kinds or self.code_layernorm_embedding is None:
+            x = self._text_ln(x)
+        elif code_select is None:
+            x = self.code_layernorm_embedding(x)  # every sample generates codes
+        else:
             bsz = x.shape[0]
             x = torch.where(code_select.view(bsz, 1, 1), self.code_layernorm_embedding(x), self._text_ln(x))
-        else:
-            x = self._text_ln(x)
         return self.dropout(x)
 
     def _text_ln(self, x: torch.Tensor) -> torch.Tensor:

@@ -234,7 +234,7 @@ def test_cache_keyword_and_its_old_name(models):
         first = model(encoder_outputs=encoder_outputs, decoder_input_ids=torch.zeros(3, 1, dtype=torch.long))
         cache = getattr(first, CACHE_NAME)
         assert isinstance(cache, OFACache) and cache.cross_position_keys is not None
-        assert set(cache.self_position_keys) == {0}
+        assert set(cache.self_position_keys) == {"text"}
         # The decoder keeps what it reuses on its own cache; the caller's encoder output is left as it was.
         assert set(encoder_outputs.keys()) == keys_before
         step = torch.full((3, 1), 7, dtype=torch.long)
