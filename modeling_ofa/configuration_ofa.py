@@ -206,7 +206,8 @@ class OFAConfig(PretrainedConfig):
             before adding adapters. `"group"`: GroupNorm (trainable affine, no running statistics) for models
             trained from scratch; its keys lack the running statistics, so BatchNorm checkpoints do not load into it.
         code_image_size (`int`, defaults to 128):
-            Side in pixels of images generated as VQ codes; the decoder code grid is `code_image_size // 8` wide.
+            Side in pixels of images generated as VQ codes; the decoder code grid is `code_image_size // 8` wide,
+            at most `image_bucket_size`.
         sample_patch_num (`int`, *optional*):
             During training, keep a random subset of this many image patches (OFA pretraining uses 196).
         extra_modalities (`list[str]`, defaults to `[]`):
@@ -357,6 +358,15 @@ class OFAConfig(PretrainedConfig):
             )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1)")
+        # The decoder's code positions are cells of the 2-D image position table; a wider grid would look up rows
+        # the table lacks, and that would only fail (an IndexError) once image codes were generated.
+        code_grid = code_image_size // 8
+        if code_grid > image_bucket_size:
+            raise ValueError(
+                f"code_image_size={code_image_size} gives a {code_grid}x{code_grid} decoder code grid, wider than "
+                f"image_bucket_size={image_bucket_size}; raise image_bucket_size to at least {code_grid} or lower "
+                "code_image_size"
+            )
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.encoder_layers = encoder_layers

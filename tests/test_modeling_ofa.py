@@ -120,6 +120,10 @@ def test_from_preset_overrides_and_errors():
         OFAConfig(resnet_type="resnet9")
     with pytest.raises(ValueError, match="not divisible"):
         OFAConfig(d_model=30, encoder_attention_heads=4)
+    # A code grid wider than the image position table is refused when the config is made, not at generation.
+    with pytest.raises(ValueError, match=r"code_image_size=72 gives a 9x9 decoder code grid.*image_bucket_size=8"):
+        OFAConfig(image_bucket_size=8, code_image_size=72)
+    assert OFAConfig(image_bucket_size=8, code_image_size=64).code_image_size == 64  # the demo preset's pair
 
 
 def test_config_docstring_documents_every_argument():
