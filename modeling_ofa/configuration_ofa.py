@@ -193,6 +193,14 @@ class OFAConfig(PretrainedConfig):
         entangle_position_embedding (`bool`, defaults to `False`):
             Also add absolute position embeddings to the input embeddings. Released checkpoints have it off;
             positions then enter only as attention biases.
+        cross_attention_position_bias (`bool`, defaults to `True`):
+            Add OFA's absolute position bias (decoder positions against encoder positions) to the cross-attention
+            logits, as the original does. With `False`, cross-attention sees the content and the padding mask only;
+            the bias's two projections (`decoder.cross_pos_q_linear`, `decoder.cross_pos_k_linear`) stay in the
+            checkpoint but get no gradient, as the image-code parameters do on text-only batches. Measured on the
+            demo corpus, trained from scratch: with the bias, the decoder learned to read the image at the colour
+            word and the prompt at the shape word, and after 400 caption steps knew only the colour (exact match
+            0.33); without it, 0.67.
         resnet_type (`str`, defaults to `"resnet101"`):
             Depth of the three-stage image stem, a key of `RESNET_LAYERS`.
         resnet_drop_path_rate (`float`, defaults to 0.0):
@@ -299,6 +307,7 @@ class OFAConfig(PretrainedConfig):
         token_bucket_size: int = 256,
         image_bucket_size: int = 42,
         entangle_position_embedding: bool = False,
+        cross_attention_position_bias: bool = True,
         resnet_type: str = "resnet101",
         resnet_drop_path_rate: float = 0.0,
         resnet_norm: str = "batch",
@@ -394,6 +403,7 @@ class OFAConfig(PretrainedConfig):
         self.token_bucket_size = token_bucket_size
         self.image_bucket_size = image_bucket_size
         self.entangle_position_embedding = entangle_position_embedding
+        self.cross_attention_position_bias = cross_attention_position_bias
         self.resnet_type = resnet_type
         self.resnet_drop_path_rate = resnet_drop_path_rate
         self.resnet_norm = resnet_norm

@@ -1248,8 +1248,8 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
             cross_keys (`torch.Tensor` of shape `(B, H, N, D/H)`): Projected encoder positions.
 
         Returns:
-            The self-attention bias (H, T, S), the cross-attention bias (1 or B, H, T, N) and the kind's position
-            embeddings of the new rows (T, D).
+            The self-attention bias (H, T, S), the cross-attention bias (1 or B, H, T, N; `None` without
+            `config.cross_attention_position_bias`) and the kind's position embeddings of the new rows (T, D).
         """
         ln = self.pos_ln if kind == "text" else self.image_pos_ln
         stored = cache.self_position_keys.get(kind) if cache is not None else None
@@ -1265,10 +1265,12 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
         if cache is not None:
             cache.self_position_keys[kind] = keys
         self_q = self._heads(self.self_pos_q_linear(queries)) * self.pos_scaling  # (H, T, D/H)
+        self_bias = torch.matmul(self_q, keys.transpose(-1, -2))  # (H, T, S)
+        if not self.config.cross_attention_position_bias:
+            return self_bias, None, positions[past - first :]
         cross_q = self._heads(self.cross_pos_q_linear(queries)) * self.pos_scaling  # (H, T, D/H)
         if _batch_invariant(cross_keys):
             cross_keys = cross_keys[:1]  # one row broadcast over the batch: (1, H, N, D/H)
-        self_bias = torch.matmul(self_q, keys.transpose(-1, -2))  # (H, T, S)
         return self_bias, torch.matmul(cross_q, cross_keys.transpose(-1, -2)), positions[past - first :]
 
     @merge_with_config_defaults
@@ -1346,14 +1348,15 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
             self_abs[kind], cross_abs[kind], new_positions[kind] = self._position_biases(
                 kind, past, total, cache, cross_keys
             )
-        if select is not None:
-            cross_bias = torch.where(select, cross_abs["image"], cross_abs["text"])
-        else:
-            cross_bias = cross_abs[kinds[0]]
         # The masks go into the biases, which the attention then takes as is: the cross-attention bias is the same
         # in every layer, so its padding mask is added once rather than once per layer.
         encoder_mask = _additive_mask(encoder_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, N)
-        cross_bias = cross_bias + encoder_mask  # (B, H, T, N)
+        if not self.config.cross_attention_position_bias:
+            cross_bias = encoder_mask.expand(bsz, self.num_heads, tgt_len, -1)  # (B, H, T, N), a view
+        elif select is not None:
+            cross_bias = torch.where(select, cross_abs["image"], cross_abs["text"]) + encoder_mask  # (B, H, T, N)
+        else:
+            cross_bias = cross_abs[kinds[0]] + encoder_mask  # (B, H, T, N)
 
         self_mask = _causal_padding_mask(past, total, attention_mask, device, dtype)  # (1 or B, 1, T, S)
         # Positions that experts route: real target tokens only.
