@@ -200,7 +200,8 @@ class OFAConfig(PretrainedConfig):
             checkpoint but get no gradient, as the image-code parameters do on text-only batches. Measured on the
             demo corpus, trained from scratch: with the bias, the decoder learned to read the image at the colour
             word and the prompt at the shape word, and after 400 caption steps knew only the colour (exact match
-            0.33); without it, 0.67.
+            0.33); without it, 0.67. Trained on all ten demo tasks together, though, the tasks that answer with
+            positions (grounding, detection) and ASR learned far less without it, so the demo keeps it.
         resnet_type (`str`, defaults to `"resnet101"`):
             Depth of the three-stage image stem, a key of `RESNET_LAYERS`.
         resnet_drop_path_rate (`float`, defaults to 0.0):
