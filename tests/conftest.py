@@ -81,6 +81,25 @@ def perturb_weights(model, seed: int | None = None):
     return model
 
 
+def cached_step_logits(model, encoder_outputs, decoder_ids, **kwargs):
+    """Logits of every decoder position from one cached call per position, as `generate` runs the decoder: (B, T, V).
+    `kwargs` go to every call (e.g. `code_masks`). Call under `torch.no_grad()` where gradients are not wanted."""
+    from modeling_ofa import CACHE_NAME
+
+    cache, steps = None, []
+    for t in range(decoder_ids.shape[1]):
+        out = model(
+            encoder_outputs=encoder_outputs,
+            decoder_input_ids=decoder_ids[:, t : t + 1],
+            cache=cache,
+            use_cache=True,
+            **kwargs,
+        )
+        cache = getattr(out, CACHE_NAME)
+        steps.append(out.logits)
+    return torch.cat(steps, dim=1)
+
+
 def assert_checkpointed_stem_matches(plain, checkpointed) -> None:
     """Run a ResNet stem once plainly and once (a copy) with non-reentrant gradient checkpointing, in train mode
     under the same seed: outputs, gradients and buffers (BatchNorm statistics) must be bit-identical."""

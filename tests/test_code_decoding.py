@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import perturb_weights, tiny_config_kwargs
+from conftest import cached_step_logits, perturb_weights, tiny_config_kwargs
 
 from modeling_ofa import OFAConfig, OFAForConditionalGeneration
 from modeling_ofa.modeling_ofa import CACHE_NAME
@@ -47,18 +47,7 @@ def forward(model, encoded, decoder_ids, code_masks, cached: bool) -> torch.Tens
     with torch.no_grad():
         if not cached:
             return model(encoder_outputs=encoded, decoder_input_ids=decoder_ids, code_masks=code_masks).logits
-        cache, steps = None, []
-        for t in range(decoder_ids.shape[1]):
-            out = model(
-                encoder_outputs=encoded,
-                decoder_input_ids=decoder_ids[:, t : t + 1],
-                cache=cache,
-                use_cache=True,
-                code_masks=code_masks,
-            )
-            cache = getattr(out, CACHE_NAME)
-            steps.append(out.logits)
-        return torch.cat(steps, dim=1)
+        return cached_step_logits(model, encoded, decoder_ids, code_masks=code_masks)
 
 
 @pytest.mark.parametrize("cached", [False, True])

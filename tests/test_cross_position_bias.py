@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import perturb_weights, tiny_config_kwargs
+from conftest import cached_step_logits, perturb_weights, tiny_config_kwargs
 
 from modeling_ofa import OFAConfig, OFAForConditionalGeneration
-from modeling_ofa.modeling_ofa import CACHE_NAME
 from modeling_ofa.onnx import sample_encoder_inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,13 +28,7 @@ def logits(model, code_masks=None, cached=False) -> torch.Tensor:
         encoded = model.get_encoder()(**inputs)
         if not cached:
             return model(encoder_outputs=encoded, decoder_input_ids=ids, code_masks=code_masks).logits
-        cache, steps = None, []
-        for t in range(ids.shape[1]):
-            out = model(encoder_outputs=encoded, decoder_input_ids=ids[:, t : t + 1], cache=cache, use_cache=True,
-                        code_masks=code_masks)  # fmt: skip
-            cache = getattr(out, CACHE_NAME)
-            steps.append(out.logits)
-        return torch.cat(steps, dim=1)
+        return cached_step_logits(model, encoded, ids, code_masks=code_masks)
 
 
 def move_cross_position_projections(model) -> None:

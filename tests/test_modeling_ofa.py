@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config_kwargs
+from conftest import cached_step_logits, tiny_config_kwargs
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from modeling_ofa import CACHE_NAME, PRESETS, OFAConfig, OFAForConditionalGeneration, OFAModel
@@ -196,19 +196,8 @@ def test_cached_decoding_matches_full_forward(codes):
     extra = {"code_masks": torch.tensor([True, False])} if codes else {}
     with torch.no_grad():
         full = model(**inputs, decoder_input_ids=decoder_ids, **extra).logits
-        encoder_outputs = model.get_encoder()(**inputs)
-        past, steps = None, []
-        for t in range(decoder_ids.shape[1]):
-            out = model(
-                encoder_outputs=encoder_outputs,
-                decoder_input_ids=decoder_ids[:, t : t + 1],
-                cache=past,
-                use_cache=True,
-                **extra,
-            )
-            past = getattr(out, CACHE_NAME)
-            steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+        steps = cached_step_logits(model, model.get_encoder()(**inputs), decoder_ids, **extra)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("num_beams", "codes"), [(1, False), (2, True)])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import cached_step_logits, tiny_config_kwargs
 
-from modeling_ofa import CACHE_NAME, OFAConfig, OFAForConditionalGeneration
+from modeling_ofa import OFAConfig, OFAForConditionalGeneration
 from modeling_ofa.configuration_ofa import MODALITIES
 from modeling_ofa.moe import ModalityMoE, TopKMoE, collect_moe_stats
 
@@ -132,13 +132,8 @@ def test_moe_with_gradient_checkpointing_and_cache():
     decoder_ids = torch.tensor([[BOS, 5, 6, 7]] * 2)
     with torch.no_grad():
         full = model(**batch, decoder_input_ids=decoder_ids).logits
-        enc = model.get_encoder()(**batch)
-        past, steps = None, []
-        for t in range(4):
-            o = model(encoder_outputs=enc, decoder_input_ids=decoder_ids[:, t : t + 1], cache=past, use_cache=True)
-            past = getattr(o, CACHE_NAME)
-            steps.append(o.logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+        steps = cached_step_logits(model, model.get_encoder()(**batch), decoder_ids)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
 def test_from_dense_errors():
