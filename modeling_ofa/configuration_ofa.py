@@ -202,6 +202,13 @@ class OFAConfig(PretrainedConfig):
             word and the prompt at the shape word, and after 400 caption steps knew only the colour (exact match
             0.33); without it, 0.67. Trained on all ten demo tasks together, though, the tasks that answer with
             positions (grounding, detection) and ASR learned far less without it, so the demo keeps it.
+        cross_attention_position_bias_dropout (`float`, defaults to `0.0`):
+            During training, leave the cross-attention position bias out for each sample with this probability
+            (the whole bias of that sample, every head and layer; evaluation and generation always use it). A
+            sample without the bias can only find the image by its content, so cross-attention cannot settle on
+            positions alone. Not in the original (0 keeps its training); it only matters with
+            `cross_attention_position_bias`. Measured on the demo corpus (400 caption steps from scratch, exact
+            match): 0.33 at 0, 0.47 at 0.5, 0.62 at 0.8, against 0.67 without the bias.
         resnet_type (`str`, defaults to `"resnet101"`):
             Depth of the three-stage image stem, a key of `RESNET_LAYERS`.
         resnet_drop_path_rate (`float`, defaults to 0.0):
@@ -309,6 +316,7 @@ class OFAConfig(PretrainedConfig):
         image_bucket_size: int = 42,
         entangle_position_embedding: bool = False,
         cross_attention_position_bias: bool = True,
+        cross_attention_position_bias_dropout: float = 0.0,
         resnet_type: str = "resnet101",
         resnet_drop_path_rate: float = 0.0,
         resnet_norm: str = "batch",
@@ -368,6 +376,10 @@ class OFAConfig(PretrainedConfig):
             )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1)")
+        if not 0.0 <= cross_attention_position_bias_dropout <= 1.0:
+            raise ValueError(
+                f"cross_attention_position_bias_dropout={cross_attention_position_bias_dropout} must lie in [0, 1]"
+            )
         # The decoder's code positions are cells of the 2-D image position table; a wider grid would look up rows
         # the table lacks, and that would only fail (an IndexError) once image codes were generated.
         code_grid = code_image_size // 8
@@ -405,6 +417,7 @@ class OFAConfig(PretrainedConfig):
         self.image_bucket_size = image_bucket_size
         self.entangle_position_embedding = entangle_position_embedding
         self.cross_attention_position_bias = cross_attention_position_bias
+        self.cross_attention_position_bias_dropout = cross_attention_position_bias_dropout
         self.resnet_type = resnet_type
         self.resnet_drop_path_rate = resnet_drop_path_rate
         self.resnet_norm = resnet_norm

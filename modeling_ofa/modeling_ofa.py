@@ -1348,6 +1348,11 @@ class OFADecoder(OFAPreTrainedModel, _PositionTables):
             self_abs[kind], cross_abs[kind], new_positions[kind] = self._position_biases(
                 kind, past, total, cache, cross_keys
             )
+        drop = self.config.cross_attention_position_bias_dropout
+        if self.training and drop > 0 and self.config.cross_attention_position_bias:
+            # Whole samples lose the bias, so their cross-attention must find the image by content.
+            keep = (torch.rand(bsz, 1, 1, 1, device=device) >= drop).to(dtype)  # (B, 1, 1, 1)
+            cross_abs = {kind: bias * keep for kind, bias in cross_abs.items()}  # (B, H, T, N)
         # The masks go into the biases, which the attention then takes as is: the cross-attention bias is the same
         # in every layer, so its padding mask is added once rather than once per layer.
         encoder_mask = _additive_mask(encoder_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, N)

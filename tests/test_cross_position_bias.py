@@ -74,3 +74,54 @@ def test_the_choice_survives_save_and_load(tmp_path):
     assert loaded.config.cross_attention_position_bias is False
     torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
     assert OFAConfig().cross_attention_position_bias is True  # the original's behaviour by default
+
+
+# `cross_attention_position_bias_dropout`: in training, whole samples lose the bias; never in evaluation.
+STILL = {
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "encoder_drop_path_rate": 0.0,
+    "decoder_drop_path_rate": 0.0,
+}
+
+
+def train_logits(model, seed: int) -> torch.Tensor:
+    """Train-mode logits (every other stochastic layer is off in these models) under a fixed seed."""
+    model.train()
+    torch.manual_seed(seed)
+    return logits(model)
+
+
+def test_dropping_every_sample_trains_as_without_the_bias():
+    dropped = build(True, cross_attention_position_bias_dropout=1.0, **STILL)
+    without = build(False, **STILL)
+    with_bias = build(True, **STILL)
+    torch.testing.assert_close(train_logits(dropped, 0), train_logits(without, 0), rtol=0, atol=1e-6)
+    assert (train_logits(with_bias, 0) - train_logits(without, 0)).abs().max() > 1e-2  # the bias matters here
+
+
+def test_samples_are_dropped_one_by_one():
+    half = build(True, cross_attention_position_bias_dropout=0.5, **STILL)
+    kept, dropped = train_logits(build(True, **STILL), 0), train_logits(build(False, **STILL), 0)
+    seen = set()
+    for seed in range(12):
+        out = train_logits(half, seed)
+        for row in range(out.shape[0]):
+            if torch.allclose(out[row], kept[row], rtol=0, atol=1e-6):
+                seen.add("kept")
+            else:
+                torch.testing.assert_close(out[row], dropped[row], rtol=0, atol=1e-6)
+                seen.add("dropped")
+    assert seen == {"kept", "dropped"}
+
+
+def test_evaluation_and_generation_always_use_the_bias():
+    dropped = build(True, cross_attention_position_bias_dropout=1.0)
+    assert torch.equal(logits(dropped), logits(build(True)))
+    torch.testing.assert_close(logits(dropped, cached=True), logits(build(True)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_the_dropout_must_be_a_probability(value):
+    with pytest.raises(ValueError, match="cross_attention_position_bias_dropout"):
+        OFAConfig(**tiny_config_kwargs(cross_attention_position_bias_dropout=value))
