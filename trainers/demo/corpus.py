@@ -489,8 +489,16 @@ def _box(obj: Sequence[Any]) -> list[float]:
 
 
 def _draw_shape(draw: PIL.ImageDraw.ImageDraw, color: str, shape: str, x0: int, y0: int, size: int) -> None:
-    x1, y1 = x0 + size - 1, y0 + size - 1  # PIL's drawing boxes include their last pixel
-    fill = COLORS[color]
+    # PIL's drawing boxes include their last pixel
+    _draw_shape_in_box(draw, COLORS[color], shape, (x0, y0, x0 + size - 1, y0 + size - 1))
+
+
+def _draw_shape_in_box(
+    draw: PIL.ImageDraw.ImageDraw, fill: Any, shape: str, box: tuple[float, float, float, float]
+) -> None:
+    """Draw `shape` filling the box `(x0, y0, x1, y1)` (last pixel included) the way the corpus draws its objects:
+    a circle is the inscribed ellipse, a triangle has its apex at the top centre."""
+    x0, y0, x1, y1 = box
     if shape == "circle":
         draw.ellipse((x0, y0, x1, y1), fill=fill)
     elif shape == "square":

@@ -12,11 +12,11 @@ text_to_image   what is the complete image? caption: [TEXT:caption] -> [IMAGE:im
   the training scenes for a fixed number of steps, cached in the data folder under a fingerprint of those scenes and
   of the training settings, so a rerun on the same corpus loads it instead of training it again.
 - Metric (`scene_match`): a deterministic reading of a picture (`read_scene`: pixels are assigned to the nearest
-  palette colour, each colour's pixels form an object whose fill of its bounding box tells its shape: a square fills
-  it, a circle about pi/4, a triangle about 1/2). An example scores the caption's objects found with their colour and
-  shape, divided by the larger of the caption's and the picture's object counts (extra objects cost). Its chance
-  level is the same score of the reference scene of another caption (an input-blind generator of real scenes); the
-  reading of the references themselves is the metric's ceiling, reported beside it.
+  palette colour, each colour's pixels form an object, and its shape is the one of the three that, drawn as the
+  corpus draws it in the object's bounding box, overlaps its pixels best). An example scores the caption's objects
+  found with their colour and shape, divided by the larger of the caption's and the picture's object counts (extra
+  objects cost). Its chance level is the same score of the reference scene of another caption (an input-blind
+  generator of real scenes); the reading of the references themselves is the metric's ceiling, reported beside it.
 - `generated_grid`: the test captions, their reference scenes and the generated pictures, as one PNG.
 """
 
@@ -33,7 +33,18 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from .corpus import _BACKGROUND_MAX, COLORS, IMAGE_SIZE, SHAPES, _key_rng, _key_text, _place_objects, _scene, _split_rng
+from .corpus import (
+    _BACKGROUND_MAX,
+    COLORS,
+    IMAGE_SIZE,
+    SHAPES,
+    _draw_shape_in_box,
+    _key_rng,
+    _key_text,
+    _place_objects,
+    _scene,
+    _split_rng,
+)
 
 __all__ = [
     "TEXT_TO_IMAGE_DEFAULTS",
@@ -58,7 +69,6 @@ TEXT_TO_IMAGE_SIZES: dict[str, int] = {"train": 300, "test": 12}
 """Scenes per split: a modest training share beside the other tasks' 600, a dozen test captions (the grid)."""
 
 _MIN_AREA = 40  # pixels of one colour that make an object (the smallest drawn triangle has about 160)
-_FILL_SQUARE, _FILL_CIRCLE = 0.9, 0.62  # fill of the bounding box: >= square, >= circle, else triangle
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # (K, 3)
 _COLOR_NAMES = tuple(COLORS)
 
@@ -156,10 +166,28 @@ def demo_image_tokenizer(
 # Reading a picture: which coloured shapes it shows
 
 
+def _shape_of(mask: np.ndarray) -> str:
+    """The shape (of `SHAPES`) whose drawing in the bounding box of `mask` (H, W) has the highest intersection over
+    union with it. The overlap, unlike the share of the box an object fills, stays with the right shape when the
+    object's edges are blurred: a square with rounded corners is still nearer the square than the circle."""
+    ys, xs = np.nonzero(mask)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    best, best_iou = SHAPES[0], -1.0
+    for shape in SHAPES:
+        template = PIL.Image.new("1", (mask.shape[1], mask.shape[0]), 0)
+        _draw_shape_in_box(PIL.ImageDraw.Draw(template), 1, shape, box)
+        drawn = np.asarray(template, dtype=bool)
+        iou = float((mask & drawn).sum()) / float((mask | drawn).sum())
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return best
+
+
 def read_scene(image: PIL.Image.Image) -> list[tuple[str, str]]:
     """The `(color, shape)` objects a picture shows, by a fixed rule: a pixel belongs to the palette colour nearest
     to it unless it is closer to its own grey (the background), every colour with at least `_MIN_AREA` pixels is an
-    object, and its fill of its bounding box names its shape. Sorted left to right."""
+    object, and its shape is the one that, drawn as the corpus draws it in the object's bounding box, overlaps the
+    object's pixels best (`_shape_of`). Sorted left to right."""
     pixels = np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)), dtype=np.float32)  # (H, W, 3)
     flat = pixels.reshape(-1, 3)  # (H*W, 3)
     to_palette = np.linalg.norm(flat[:, None, :] - _PALETTE[None], axis=-1)  # (H*W, K)
@@ -170,13 +198,9 @@ def read_scene(image: PIL.Image.Image) -> list[tuple[str, str]]:
     objects = []
     for index, name in enumerate(_COLOR_NAMES):
         mask = (coloured & (nearest == index)).reshape(pixels.shape[:2])
-        area = int(mask.sum())
-        if area < _MIN_AREA:
+        if int(mask.sum()) < _MIN_AREA:
             continue
-        ys, xs = np.nonzero(mask)
-        fill = area / float((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
-        shape = "square" if fill >= _FILL_SQUARE else "circle" if fill >= _FILL_CIRCLE else "triangle"
-        objects.append((float(xs.mean()), name, shape))
+        objects.append((float(np.nonzero(mask)[1].mean()), name, _shape_of(mask)))
     return [(name, shape) for _, name, shape in sorted(objects)]
 
 
