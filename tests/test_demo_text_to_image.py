@@ -133,11 +133,11 @@ def _colour_recall(images, captions) -> float:
 
 
 @pytest.mark.slow
-def test_the_demo_tokenizer_keeps_colours_on_scenes_it_never_saw(tmp_path):
-    """The demo's own tokenizer (default steps, about 70 s of CPU on one thread) round-trips 32 held-out scenes:
-    the reader still finds the captioned colours, `scene_match` is well above its chance level (about 0.17), and the
-    L1 error is under the mean-colour baseline. The earlier recipe (plain L1, hard Gumbel, 300 steps) scored 0.09 and
-    turned red into yellow and blue into green."""
+def test_the_demo_tokenizer_keeps_colours_and_shapes_on_scenes_it_never_saw(tmp_path):
+    """The demo's own tokenizer (default steps, about 280 s of CPU on one thread) round-trips 32 held-out scenes:
+    the reader still finds the captioned colours, most shapes too (`scene_match` 0.74 on 64 held-out scenes; 1.0
+    for the scenes themselves, about 0.17 by chance), and the L1 error is well under the mean-colour baseline. With
+    450 steps (the earlier default) `scene_match` was 0.41 and the squares and triangles came back as blobs."""
     import torch
 
     from modeling_ofa.modeling_vqgan import images_to_pixel_values, pixel_values_to_images
@@ -155,8 +155,7 @@ def test_the_demo_tokenizer_keeps_colours_on_scenes_it_never_saw(tmp_path):
     match, ceiling = scene_match(images, captions), scene_match(references, captions)
     recall = _colour_recall(images, captions)
     print(f"scene_match {match:.3f} (ceiling {ceiling:.3f}), colour recall {recall:.3f}, L1 {l1:.3f} (flat {flat:.3f})")
-    # Measured: colour recall 0.98, scene_match 0.36, L1 0.195 against 0.216 (the colour weighting spends little on
-    # the background's grey level, so L1 gains less than the reading does).
+    # Measured at 1800 steps on 64 held-out scenes: scene_match 0.74, L1 0.080 against 0.219.
     assert recall >= 0.9
-    assert match >= 0.25 * ceiling
-    assert l1 < flat
+    assert match >= 0.6 * ceiling
+    assert l1 < 0.6 * flat
