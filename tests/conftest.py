@@ -137,6 +137,7 @@ DEMO_SMOKE_OVERRIDES = [
     "training.logging_steps=2",
     "training.per_device_train_batch_size=4",
     "training.disable_tqdm=true",
+    'text_to_image={"train": 16, "test": 4, "vq_steps": 2, "num_candidates": 2, "grid": 4}',
 ]
 
 

@@ -92,30 +92,20 @@ def test_grid_picture(data, tmp_path):
         assert image.size[0] > 4 * 2 * 128 and image.size[1] > 3 * 128
 
 
-@pytest.mark.slow
-def test_shortened_main_job_with_text_to_image(tmp_path):
-    """The main job's path with the task on (shortened as the demo tests run it): the tokenizer cached in the data
-    folder, the grid on the card, both rows in results.md, the image tokenizer saved with the processor."""
-    from conftest import DEMO_SMOKE_OVERRIDES
+def test_the_main_job_has_the_text_to_image_task(demo_output):
+    """The demo config turns the task on (`text_to_image: {}`), and the shortened main job the demo tests share
+    runs it: the tokenizer cached in the data folder, the grid on the card, both rows in results.md, the image
+    tokenizer saved with the processor."""
     from transformers import AutoProcessor
 
-    from trainers.recipe import load_config, run
+    from trainers.recipe import load_config
 
-    overrides = [
-        *DEMO_SMOKE_OVERRIDES,
-        f"output_dir={tmp_path / 'out'}",
-        'text_to_image={"train": 16, "test": 4, "vq_steps": 2, "num_candidates": 2}',
-        "processor.max_target_length=72",
-        "tokenizer.demo.num_codes=256",
-    ]
-    config = load_config(None, overrides)
-    config["data"]["demo"]["root"] = str(tmp_path / "data")
-    results = run(config)
+    assert load_config(None)["text_to_image"] == {}
+    out, results = demo_output
     rows = {(r.task, r.metric): r for r in results}
     assert rows[("text_to_image", "scene_match")].chance > 0
     assert rows[("text_to_image", "vq_reconstruction_l1")].chance > 0
-    out = tmp_path / "out"
-    assert len(list((tmp_path / "data").glob("vq_tokenizer-*/config.json"))) == 1
+    assert len(list((out.parents[1] / "demo_data").glob("vq_tokenizer-*/config.json"))) == 1
     assert "scene_match" in (out / "results.md").read_text()
     assert "](generated.png)" in (out / "README.md").read_text()
     with Image.open(out / "generated.png") as grid:

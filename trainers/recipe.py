@@ -370,7 +370,7 @@ _SECTIONS: dict[str, Any] = {
     "training": _training_fields,
     "evaluation": {"int8": bool, "require_above_chance": bool},
     # The demo's text-to-image task (`trainers.demo.text_to_image`); absent, the run has none.
-    "text_to_image": {"train": int, "test": int, "vq_steps": int, "num_candidates": int},
+    "text_to_image": {"train": int, "test": int, "vq_steps": int, "num_candidates": int, "grid": int},
 }
 
 
