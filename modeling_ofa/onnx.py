@@ -600,8 +600,8 @@ def quantize_onnx_int8(
 ) -> dict[str, Any]:
     """Dynamic int8 quantization of every graph of an exported folder (onnxruntime `quantize_dynamic`).
 
-    Weights of the matrix products become int8; activations are quantized per call. The output folder runs with
-    `OnnxOFA` like the float one.
+    Weights of the matrix products become 8-bit (unsigned, which CPUs without VNNI need); activations are
+    quantized per call. The output folder runs with `OnnxOFA` like the float one.
 
     Args:
         source_dir (`str` or `os.PathLike`): Folder written by `export_onnx`.
@@ -629,12 +629,16 @@ def quantize_onnx_int8(
                 source / graph["file"],
                 out / graph["file"],
                 per_channel=per_channel,
-                weight_type=QuantType.QInt8,
+                # Unsigned 8-bit weights: x86 CPUs without VNNI multiply u8 activations by s8 weights into
+                # saturating 16-bit pair sums, which wrecks the outputs (greedy token agreement with PyTorch 0.39 on
+                # an AVX2-only machine); u8 x u8 products do not saturate (0.94 there). A folder may run anywhere.
+                weight_type=QuantType.QUInt8,
                 op_types_to_quantize=["MatMul", "Gemm"],
             )
     finally:
         logging.getLogger().removeFilter(advice)
-    manifest = {**manifest, "quantization": {"method": "onnxruntime dynamic int8", "per_channel": per_channel}}
+    quantization = {"method": "onnxruntime dynamic int8", "per_channel": per_channel, "weights": "uint8"}
+    manifest = {**manifest, "quantization": quantization}
     if (source / "config.json").is_file():
         (out / "config.json").write_text((source / "config.json").read_text())
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -14,12 +14,14 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import perturb_weights, tiny_config_kwargs
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.utils import TransformersKwargs
 
 from modeling_ofa import CACHE_NAME, OFACache, OFAConfig, OFAForConditionalGeneration
+from modeling_ofa import modeling_ofa as modeling
 from modeling_ofa.onnx import sample_encoder_inputs
 
 TOLERANCE = 1e-5
@@ -339,3 +341,54 @@ def test_router_loss_survives_trainer_label_smoothing(tmp_path):
     assert outputs.aux_loss is not None and outputs.aux_loss > 0
     smoothed = trainer.label_smoother(outputs, labels)
     torch.testing.assert_close(loss, smoothed + outputs.aux_loss)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The language-model head in blocks of vocabulary rows (`vocabulary_logits`)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_blocked_vocabulary_logits_generate_exactly_the_plain_head(models, monkeypatch, num_beams):
+    """Decoding with the head in blocks of 64 vocabulary rows (120 = 64 + 56) gives the plain head's logits, bit for
+    bit, and its sequences (blocking off)."""
+    model = models["dense"]
+    inputs = inputs_of(model, "audio+image")
+    kwargs = dict(max_new_tokens=8, num_beams=num_beams, num_return_sequences=min(num_beams, 2), do_sample=False)
+    runs = []
+    for block_rows in (0, 64):
+        monkeypatch.setattr(modeling, "LM_HEAD_BLOCK_BYTES", block_rows * model.config.d_model * 4)
+        runs.append(generate(model, inputs, **kwargs))
+    assert_not_degenerate(runs[0].sequences)
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].logits, runs[1].logits))
+
+
+@pytest.mark.parametrize("rows", [(2,), (3, 7), (80,), (2, 5, 4)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_vocabulary_logits_in_blocks_equal_the_head(monkeypatch, rows, bias):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(48, 1001, bias=bias)
+    hidden = torch.randn(*rows, 48)
+    calls = []
+    monkeypatch.setattr(modeling, "LM_HEAD_BLOCK_BYTES", 100 * 48 * 4)  # 64 rows: a multiple of 64
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a: calls.append(a[1].shape[0]) or linear(*a))
+    with torch.no_grad():
+        blocked = modeling.vocabulary_logits(head, hidden)
+    assert calls[:2] == [64, 64] and sum(calls) == 1001  # really in blocks
+    monkeypatch.undo()
+    with torch.no_grad():
+        assert torch.equal(blocked, head(hidden))
+    # With autograd (training) the head runs as it is, and its gradient flows.
+    grad_run = modeling.vocabulary_logits(head, hidden)
+    assert grad_run.grad_fn is not None and torch.equal(grad_run.detach(), blocked)
+
+
+def test_vocabulary_logits_leave_a_hooked_head_alone():
+    """A head whose forward is wrapped (accelerate's offloading does that) or hooked is called as it is."""
+    head = torch.nn.Linear(16, 600, bias=False)
+    seen = []
+    head.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        modeling.vocabulary_logits(head, torch.randn(4, 16))
+    assert seen == [torch.Size([4, 600])]
