@@ -18,6 +18,7 @@ positions (cached + new), H heads, D model width.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -292,7 +293,7 @@ def vocabulary_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     forward (accelerate's offloading), a quantized head, autograd, tracing and other devices get `head(hidden)`.
     """
     rows = hidden.numel() // hidden.shape[-1]
-    plain = (
+    if (
         type(head) is not nn.Linear
         or head.weight.dtype != torch.float32
         or bool(head._forward_hooks or head._forward_pre_hooks or "forward" in vars(head))
@@ -300,12 +301,13 @@ def vocabulary_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
         or torch.is_grad_enabled()
         or hidden.device.type != "cpu"
         or _tracing()
-    )
-    block = 0 if plain else LM_HEAD_BLOCK_BYTES // (head.in_features * head.weight.element_size()) // 64 * 64
+    ):
+        return head(hidden)
+    block = LM_HEAD_BLOCK_BYTES // (head.in_features * head.weight.element_size()) // 64 * 64
     if not 0 < block < head.out_features:  # off, or the whole matrix is one block
         return head(hidden)
     flat = hidden.reshape(rows, hidden.shape[-1])  # (N, D)
-    biases = head.bias.split(block) if head.bias is not None else [None] * -(-head.out_features // block)
+    biases = head.bias.split(block) if head.bias is not None else itertools.repeat(None)
     logits = torch.cat([F.linear(flat, w, b) for w, b in zip(head.weight.split(block), biases)], dim=1)  # (N, V)
     return logits.view(*hidden.shape[:-1], head.out_features)
 

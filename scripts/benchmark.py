@@ -83,6 +83,7 @@ from torch import nn
 from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig
 
 from modeling_ofa import CACHE_NAME, OFAConfig, OFAForConditionalGeneration
+from modeling_ofa import modeling_ofa as modeling
 from modeling_ofa.convert import PORT_CONFIG_FIELDS, convert_state_dict
 
 __all__ = [
@@ -751,8 +752,6 @@ def bench_blocked_head_vs_plain(bench: Bench) -> dict[str, Any]:
     """`generate()` time with the language-model head in blocks of vocabulary rows (`vocabulary_logits`, the
     default) / with it off (`LM_HEAD_BLOCK_BYTES = 0`): greedy and beam 5, image+text input, forced length; the
     value is the worse mode. The sequences must be the same."""
-    from modeling_ofa import modeling_ofa as modeling
-
     w = bench.workload
     ofa = bench.ofa().eval()
     data = port_batch(ofa.config, w.generate_batch, w.image_size, w.image_text_length, 2)

@@ -354,10 +354,14 @@ def test_blocked_vocabulary_logits_generate_exactly_the_plain_head(models, monke
     model = models["dense"]
     inputs = inputs_of(model, "audio+image")
     kwargs = dict(max_new_tokens=8, num_beams=num_beams, num_return_sequences=min(num_beams, 2), do_sample=False)
-    runs = []
+    runs, products = [], []
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a: products.append(a[1].shape[0]) or linear(*a))
     for block_rows in (0, 64):
         monkeypatch.setattr(modeling, "LM_HEAD_BLOCK_BYTES", block_rows * model.config.d_model * 4)
+        products.clear()
         runs.append(generate(model, inputs, **kwargs))
+    assert 64 in products and 56 in products  # the second run really multiplied by blocks
     assert_not_degenerate(runs[0].sequences)
     assert torch.equal(runs[0].sequences, runs[1].sequences)
     assert all(torch.equal(a, b) for a, b in zip(runs[0].logits, runs[1].logits))
@@ -384,11 +388,20 @@ def test_vocabulary_logits_in_blocks_equal_the_head(monkeypatch, rows, bias):
     assert grad_run.grad_fn is not None and torch.equal(grad_run.detach(), blocked)
 
 
-def test_vocabulary_logits_leave_a_hooked_head_alone():
-    """A head whose forward is wrapped (accelerate's offloading does that) or hooked is called as it is."""
+@pytest.mark.parametrize("wrap", ["forward_hook", "forward_pre_hook", "instance_forward"])
+def test_vocabulary_logits_leave_a_hooked_head_alone(monkeypatch, wrap):
+    """A head whose forward is hooked or wrapped on the instance (accelerate's offloading does that) is called as it
+    is, even where a plain head would be split into blocks (64 rows here)."""
     head = torch.nn.Linear(16, 600, bias=False)
     seen = []
-    head.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    if wrap == "forward_hook":
+        head.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    elif wrap == "forward_pre_hook":
+        head.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    else:
+        plain_forward = head.forward
+        head.forward = lambda x: seen.append(x.shape) or plain_forward(x)
+    monkeypatch.setattr(modeling, "LM_HEAD_BLOCK_BYTES", 64 * 16 * 4)
     with torch.no_grad():
         modeling.vocabulary_logits(head, torch.randn(4, 16))
-    assert seen == [torch.Size([4, 600])]
+    assert len(seen) == 1
