@@ -149,3 +149,22 @@ def test_the_demo_tokenizer_keeps_colours_and_shapes_on_scenes_it_never_saw(tmp_
     assert recall >= 0.9
     assert match >= 0.6 * ceiling
     assert l1 < 0.6 * flat
+
+
+def test_the_task_follows_the_corpus_seed_not_the_training_seed(monkeypatch, tmp_path):
+    """Another training seed (`--set seed=N`) trains on the same text-to-image scenes, is scored on the same test
+    split and reuses the cached tokenizer, as every other demo task keeps its corpus; `data.demo.seed` changes them."""
+    import trainers.demo.text_to_image as text_to_image
+    from trainers import recipe
+
+    seeds = []
+
+    def prepare(settings, root, seed, processor):
+        seeds.append(seed)
+        return "task", None, {"trained": False, "seconds": 0.0, "reconstruction_error": 0.0}
+
+    monkeypatch.setattr(text_to_image, "prepare_text_to_image", prepare)
+    for overrides in (["seed=3"], ["seed=3", "data.demo.seed=2"]):
+        config = recipe.load_config(None, [*overrides, f"data.demo.root={tmp_path}"])
+        assert recipe._text_to_image_task(config, {}, None)[0] == "task"
+    assert seeds == [0, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import typing
+import warnings
 
 import numpy as np
 import pytest
@@ -90,6 +91,13 @@ def test_rouge_rejects_text_its_tokenizer_drops():
 )
 def test_wer_golden(predictions, references, expected):
     assert score("wer", predictions, references) == pytest.approx(expected)
+
+
+def test_wer_warns_nothing():
+    # jiwer 3.0.0 warned on every call (its `truth_transform` defaulted to a value): 4000 warnings in the test run.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert score("wer", ["the cat sat"], [CAT]) == pytest.approx(3 / 6)
 
 
 def test_wer_rejects_all_empty_references():

@@ -668,15 +668,18 @@ def _log_verdict(results: Sequence[TaskResult]) -> None:
         _log("no chance levels are known for these tasks: their metrics are reported without a verdict")
 
 
-def _text_to_image_task(config: Mapping[str, Any], demo: Any, seed: int, processor: Any) -> tuple | None:
+def _text_to_image_task(config: Mapping[str, Any], demo: Any, processor: Any) -> tuple | None:
     """The demo's text-to-image task when the config has a `text_to_image` section: (task, test split, VQ tokenizer
-    info); the tokenizer is trained once per corpus and reused."""
+    info); the tokenizer is trained once per corpus and reused. Its scenes and tokenizer follow the corpus seed
+    (`data.demo.seed`), as every other demo task does, not the training seed: another training seed trains on the
+    same data and is scored on the same test split."""
     if config.get("text_to_image") is None or demo is None:
         return None
     from .demo.text_to_image import prepare_text_to_image
 
-    root = Path((config.get("data") or {}).get("demo", {}).get("root", "demo_data"))
-    picture = prepare_text_to_image(config["text_to_image"], root, seed, processor)
+    section = (config.get("data") or {}).get("demo", {})
+    root = Path(section.get("root", "demo_data"))
+    picture = prepare_text_to_image(config["text_to_image"], root, int(section.get("seed", 0)), processor)
     how = "trained" if picture[2]["trained"] else "loaded (unchanged corpus)"
     _log(f"VQ image tokenizer {how} in {picture[2]['seconds']:.0f}s, L1 {picture[2]['reconstruction_error']:.3f}")
     return picture
@@ -725,7 +728,7 @@ def run(config: dict[str, Any]) -> list[TaskResult]:
     p = dict(config.get("processor") or {})
     image_processor = processing.OFAImageProcessor(size=p.pop("image_size", 384))
     processor = processing.OFAProcessor(image_processor, tokenizer, **p)
-    picture = _text_to_image_task(config, demo, seed, processor)  # (task, test split, VQ tokenizer info) or None
+    picture = _text_to_image_task(config, demo, processor)  # (task, test split, VQ tokenizer info) or None
     if picture is not None:
         tasks.append(picture[0])
 
