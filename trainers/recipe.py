@@ -501,12 +501,17 @@ def _training_arguments(config: Mapping[str, Any], output_dir: Path, seed: int) 
     return Seq2SeqTrainingArguments(**training)
 
 
+def _demo_corpus(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `data.demo` section with its folder and corpus seed filled in: what the demo tasks and text-to-image
+    are generated from."""
+    return {"root": "demo_data", "seed": 0, **((config.get("data") or {}).get("demo") or {})}
+
+
 def _demo_datasets(config: dict[str, Any]) -> dict[str, Any]:
     from .demo import save_demo_datasets
 
-    demo = dict((config.get("data") or {}).get("demo") or {})
-    root = demo.pop("root", "demo_data")
-    return save_demo_datasets(root, **demo)
+    demo = _demo_corpus(config)
+    return save_demo_datasets(demo.pop("root"), **demo)
 
 
 def _tokenizer(config: dict[str, Any], corpus: Callable[[], Any]) -> Any:
@@ -677,9 +682,8 @@ def _text_to_image_task(config: Mapping[str, Any], demo: Any, processor: Any) ->
         return None
     from .demo.text_to_image import prepare_text_to_image
 
-    section = (config.get("data") or {}).get("demo", {})
-    root = Path(section.get("root", "demo_data"))
-    picture = prepare_text_to_image(config["text_to_image"], root, int(section.get("seed", 0)), processor)
+    corpus = _demo_corpus(config)
+    picture = prepare_text_to_image(config["text_to_image"], Path(corpus["root"]), corpus["seed"], processor)
     how = "trained" if picture[2]["trained"] else "loaded (unchanged corpus)"
     _log(f"VQ image tokenizer {how} in {picture[2]['seconds']:.0f}s, L1 {picture[2]['reconstruction_error']:.3f}")
     return picture
